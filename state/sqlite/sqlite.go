@@ -1,0 +1,343 @@
+// Package sqlite is the embedded state.Store: one SQLite file in WAL mode with
+// synchronous=FULL, so a checkpoint that returned is on disk, and every write
+// in a BEGIN IMMEDIATE transaction with a busy timeout, so several processes
+// sharing one data directory serialise their writes instead of failing.
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"time"
+
+	"github.com/jonboulle/clockwork"
+	_ "modernc.org/sqlite" // database/sql driver "sqlite"
+
+	"github.com/predworker/predworker/state"
+)
+
+const schema = `
+CREATE TABLE IF NOT EXISTS batches (
+	id            TEXT PRIMARY KEY,
+	request       TEXT NOT NULL,
+	fingerprint   TEXT NOT NULL,
+	items         TEXT NOT NULL,
+	status        TEXT NOT NULL,
+	done_chunks   INTEGER NOT NULL DEFAULT 0,
+	done_items    INTEGER NOT NULL DEFAULT 0,
+	predictions   INTEGER NOT NULL DEFAULT 0,
+	fallbacks     INTEGER NOT NULL DEFAULT 0,
+	failed_items  INTEGER NOT NULL DEFAULT 0,
+	attempt       INTEGER NOT NULL DEFAULT 0,
+	lease_owner   TEXT NOT NULL DEFAULT '',
+	lease_epoch   INTEGER NOT NULL DEFAULT 0,
+	lease_expires INTEGER NOT NULL DEFAULT 0,
+	heartbeat_at  INTEGER NOT NULL DEFAULT 0,
+	error         TEXT NOT NULL DEFAULT '',
+	created_at    INTEGER NOT NULL,
+	updated_at    INTEGER NOT NULL,
+	completed_at  INTEGER NOT NULL DEFAULT 0
+) STRICT;
+CREATE INDEX IF NOT EXISTS batches_orphans ON batches (status, lease_expires);
+CREATE INDEX IF NOT EXISTS batches_created ON batches (created_at);
+`
+
+// DSN returns the connection string for the SQLite file at path with the
+// pragmas the embedded backends rely on.
+func DSN(path string) string {
+	q := url.Values{}
+	for _, p := range []string{"journal_mode(WAL)", "synchronous(FULL)", "busy_timeout(15000)", "foreign_keys(1)"} {
+		q.Add("_pragma", p)
+	}
+	q.Set("_txlock", "immediate")
+	return "file:" + path + "?" + q.Encode()
+}
+
+// Open opens (creating if needed) a SQLite database at path with DSN's
+// pragmas and applies schema.
+func Open(ctx context.Context, path, schema string) (*sql.DB, error) {
+	db, err := sql.Open("sqlite", DSN(path))
+	if err != nil {
+		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
+	}
+	db.SetMaxOpenConns(4)
+	if _, err := db.ExecContext(ctx, schema); err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("apply schema to %s: %w", path, err)
+	}
+	return db, nil
+}
+
+// Store implements state.Store on SQLite.
+type Store struct {
+	db    *sql.DB
+	clock clockwork.Clock
+}
+
+var _ state.Store = (*Store)(nil)
+
+// New opens the store at path. A nil clock means the real one.
+func New(ctx context.Context, path string, clock clockwork.Clock) (*Store, error) {
+	if clock == nil {
+		clock = clockwork.NewRealClock()
+	}
+	db, err := Open(ctx, path, schema)
+	if err != nil {
+		return nil, err
+	}
+	return &Store{db: db, clock: clock}, nil
+}
+
+func (s *Store) now() int64 { return s.clock.Now().UnixNano() }
+
+func fromNanos(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n).UTC()
+}
+
+const columns = `id, request, fingerprint, items, status, done_chunks, done_items, predictions,
+	fallbacks, failed_items, attempt, lease_owner, lease_epoch, lease_expires, heartbeat_at,
+	error, created_at, updated_at, completed_at`
+
+type scanner interface{ Scan(dest ...any) error }
+
+func scanBatch(sc scanner) (state.Batch, error) {
+	var (
+		b                                    state.Batch
+		req, items, status                   string
+		expires, hb, created, updated, compl int64
+	)
+	err := sc.Scan(&b.ID, &req, &b.Fingerprint, &items, &status, &b.DoneChunks, &b.DoneItems,
+		&b.Predictions, &b.Fallbacks, &b.FailedItems, &b.Attempt, &b.Lease.Owner, &b.Lease.Epoch,
+		&expires, &hb, &b.Error, &created, &updated, &compl)
+	if errors.Is(err, sql.ErrNoRows) {
+		return b, state.ErrNotFound
+	}
+	if err != nil {
+		return b, fmt.Errorf("scan batch: %w", err)
+	}
+	if err := json.Unmarshal([]byte(req), &b.Request); err != nil {
+		return b, fmt.Errorf("decode request of %s: %w", b.ID, err)
+	}
+	if err := json.Unmarshal([]byte(items), &b.Items); err != nil {
+		return b, fmt.Errorf("decode items of %s: %w", b.ID, err)
+	}
+	b.Status = state.Status(status)
+	b.Lease.ExpiresAt = fromNanos(expires)
+	b.HeartbeatAt = fromNanos(hb)
+	b.CreatedAt = fromNanos(created)
+	b.UpdatedAt = fromNanos(updated)
+	b.CompletedAt = fromNanos(compl)
+	return b, nil
+}
+
+// Create implements state.Store.
+func (s *Store) Create(ctx context.Context, b state.Batch) (state.Batch, bool, error) {
+	req, err := json.Marshal(b.Request)
+	if err != nil {
+		return b, false, fmt.Errorf("encode request: %w", err)
+	}
+	items, err := json.Marshal(b.Items)
+	if err != nil {
+		return b, false, fmt.Errorf("encode items: %w", err)
+	}
+	if b.Fingerprint == "" {
+		b.Fingerprint = b.Request.Fingerprint()
+	}
+	now := s.now()
+	res, err := s.db.ExecContext(ctx, `INSERT INTO batches (id, request, fingerprint, items, status, created_at, updated_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`,
+		b.ID, string(req), b.Fingerprint, string(items), string(state.StatusPending), now, now)
+	if err != nil {
+		return b, false, fmt.Errorf("create batch %s: %w", b.ID, err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return b, false, fmt.Errorf("create batch %s: %w", b.ID, err)
+	}
+	got, err := s.Get(ctx, b.ID)
+	if err != nil {
+		return got, false, err
+	}
+	if n == 0 && got.Fingerprint != b.Fingerprint {
+		return got, false, fmt.Errorf("create batch %s: %w", b.ID, state.ErrConflict)
+	}
+	return got, n == 1, nil
+}
+
+// Get implements state.Store.
+func (s *Store) Get(ctx context.Context, id string) (state.Batch, error) {
+	b, err := scanBatch(s.db.QueryRowContext(ctx, `SELECT `+columns+` FROM batches WHERE id = ?`, id))
+	if err != nil {
+		return b, fmt.Errorf("get batch %s: %w", id, err)
+	}
+	return b, nil
+}
+
+func (s *Store) query(ctx context.Context, q string, args ...any) ([]state.Batch, error) {
+	rows, err := s.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = rows.Close() }()
+	var out []state.Batch
+	for rows.Next() {
+		b, err := scanBatch(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, b)
+	}
+	return out, rows.Err()
+}
+
+// List implements state.Store.
+func (s *Store) List(ctx context.Context, f state.ListFilter) ([]state.Batch, error) {
+	limit := f.Limit
+	if limit <= 0 {
+		limit = 50
+	}
+	out, err := s.query(ctx, `SELECT `+columns+` FROM batches WHERE (? = '' OR status = ?)
+		ORDER BY created_at DESC, id LIMIT ?`, string(f.Status), string(f.Status), limit)
+	if err != nil {
+		return nil, fmt.Errorf("list batches: %w", err)
+	}
+	return out, nil
+}
+
+// Orphans implements state.Store.
+func (s *Store) Orphans(ctx context.Context, limit int) ([]state.Batch, error) {
+	if limit <= 0 {
+		limit = 50
+	}
+	out, err := s.query(ctx, `SELECT `+columns+` FROM batches WHERE status IN ('pending', 'running')
+		AND lease_expires <= ? ORDER BY updated_at, id LIMIT ?`, s.now(), limit)
+	if err != nil {
+		return nil, fmt.Errorf("find orphans: %w", err)
+	}
+	return out, nil
+}
+
+// tx runs fn in a write transaction (BEGIN IMMEDIATE through the DSN).
+func (s *Store) tx(ctx context.Context, fn func(*sql.Tx) error) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	if err := fn(tx); err != nil {
+		return errors.Join(err, tx.Rollback())
+	}
+	return tx.Commit()
+}
+
+// Claim implements state.Store.
+func (s *Store) Claim(ctx context.Context, id, owner string, ttl time.Duration, opts state.ClaimOptions) (state.Batch, error) {
+	var out state.Batch
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		b, err := scanBatch(tx.QueryRowContext(ctx, `SELECT `+columns+` FROM batches WHERE id = ?`, id))
+		if err != nil {
+			return err
+		}
+		now := s.clock.Now()
+		switch {
+		case b.Status == state.StatusCompleted, b.Status == state.StatusFailed && !opts.Reopen:
+			out = b
+			return state.ErrFinished
+		case b.Lease.Live(now) && b.Lease.Owner != owner && !opts.Force:
+			out = b
+			return state.ErrLeaseHeld
+		}
+		_, err = tx.ExecContext(ctx, `UPDATE batches SET status = 'running', error = '', lease_owner = ?,
+			lease_epoch = lease_epoch + 1, lease_expires = ?, heartbeat_at = ?, attempt = attempt + 1,
+			updated_at = ? WHERE id = ?`, owner, now.Add(ttl).UnixNano(), now.UnixNano(), now.UnixNano(), id)
+		if err != nil {
+			return err
+		}
+		out, err = scanBatch(tx.QueryRowContext(ctx, `SELECT `+columns+` FROM batches WHERE id = ?`, id))
+		return err
+	})
+	if err != nil {
+		return out, fmt.Errorf("claim batch %s: %w", id, err)
+	}
+	return out, nil
+}
+
+// fenced runs an UPDATE whose WHERE clause ends with the lease fence and maps
+// "no row matched" to ErrLeaseLost.
+func (s *Store) fenced(ctx context.Context, op, id string, l state.Lease, set string, args ...any) error {
+	args = append(args, id, l.Owner, l.Epoch)
+	res, err := s.db.ExecContext(ctx, `UPDATE batches SET `+set+
+		` WHERE id = ? AND lease_owner = ? AND lease_epoch = ? AND status = 'running'`, args...)
+	if err != nil {
+		return fmt.Errorf("%s batch %s: %w", op, id, err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return fmt.Errorf("%s batch %s: %w", op, id, err)
+	}
+	if n == 0 {
+		return fmt.Errorf("%s batch %s (owner %s, epoch %d): %w", op, id, l.Owner, l.Epoch, state.ErrLeaseLost)
+	}
+	return nil
+}
+
+// Renew implements state.Store.
+func (s *Store) Renew(ctx context.Context, id string, l state.Lease, ttl time.Duration) (state.Lease, error) {
+	now := s.clock.Now()
+	l.ExpiresAt = now.Add(ttl)
+	err := s.fenced(ctx, "renew lease of", id, l, `lease_expires = ?, heartbeat_at = ?`,
+		l.ExpiresAt.UnixNano(), now.UnixNano())
+	return l, err
+}
+
+// Checkpoint implements state.Store.
+func (s *Store) Checkpoint(ctx context.Context, id string, l state.Lease, p state.Progress, ttl time.Duration) error {
+	now := s.clock.Now()
+	args := []any{p.DoneChunks, p.DoneItems, p.Predictions, p.Fallbacks, p.FailedItems,
+		now.Add(ttl).UnixNano(), now.UnixNano(), now.UnixNano(), p.DoneChunks - 1}
+	args = append(args, id, l.Owner, l.Epoch)
+	res, err := s.db.ExecContext(ctx, `UPDATE batches SET done_chunks = ?, done_items = ?, predictions = ?,
+		fallbacks = ?, failed_items = ?, lease_expires = ?, heartbeat_at = ?, updated_at = ?
+		WHERE done_chunks = ? AND id = ? AND lease_owner = ? AND lease_epoch = ? AND status = 'running'`, args...)
+	if err != nil {
+		return fmt.Errorf("checkpoint batch %s: %w", id, err)
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return fmt.Errorf("checkpoint batch %s: %w", id, err)
+	} else if n == 0 {
+		return fmt.Errorf("checkpoint batch %s chunk %d (owner %s, epoch %d): %w",
+			id, p.DoneChunks-1, l.Owner, l.Epoch, state.ErrLeaseLost)
+	}
+	return nil
+}
+
+// Finish implements state.Store.
+func (s *Store) Finish(ctx context.Context, id string, l state.Lease, st state.Status, errMsg string) error {
+	if !st.Finished() {
+		return fmt.Errorf("finish batch %s: %q is not a final state", id, st)
+	}
+	now := s.now()
+	return s.fenced(ctx, "finish", id, l, `status = ?, error = ?, completed_at = ?, updated_at = ?,
+		lease_owner = '', lease_expires = 0`, string(st), errMsg, now, now)
+}
+
+// Release implements state.Store.
+func (s *Store) Release(ctx context.Context, id string, l state.Lease) error {
+	return s.fenced(ctx, "release", id, l, `lease_owner = '', lease_expires = 0, updated_at = ?`, s.now())
+}
+
+// Ping implements state.Store.
+func (s *Store) Ping(ctx context.Context) error {
+	if err := s.db.PingContext(ctx); err != nil {
+		return fmt.Errorf("ping sqlite: %w: %w", state.ErrUnavailable, err)
+	}
+	return nil
+}
+
+// Close implements state.Store.
+func (s *Store) Close() error { return s.db.Close() }
