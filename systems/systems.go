@@ -1,0 +1,246 @@
+// Package systems owns what a prediction is made of and where it goes: the
+// per-player Features a FeatureSource loads, the System interface every
+// prediction system implements, the Registry with its fallback chains, the
+// Prediction row and the Sink that stores rows idempotently.
+//
+// Systems live in subpackages (movingavg, zonematchup, …); feature sources and
+// sinks too (league: the bundled synthetic league; sqlite: the embedded sink).
+package systems
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"sort"
+	"time"
+)
+
+// Errors a FeatureSource returns for requests that can never succeed. Any
+// other error from a FeatureSource or Sink is treated as transient: it is
+// retried, never taken to mean "no data".
+var (
+	// ErrNoGames: no game is scheduled on the requested date.
+	ErrNoGames = errors.New("no games on that date")
+	// ErrUnknownDate: the date is outside what the source covers.
+	ErrUnknownDate = errors.New("date outside the feature store's season")
+)
+
+// GameLog is one past game of a player, as the similarity systems see it.
+type GameLog struct {
+	Date     string  `json:"date"`
+	OppTier  int     `json:"opp_tier"`  // 1 strongest defence … 3 weakest
+	RestDays int     `json:"rest_days"` // days since the previous game, capped at 3
+	Home     bool    `json:"home"`
+	Form     string  `json:"form"` // hot, neutral or cold coming into the game
+	Points   float64 `json:"points"`
+}
+
+// Features is everything the systems know about one player on one date.
+type Features struct {
+	PlayerLookup string `json:"player_lookup"`
+	GameDate     string `json:"game_date"`
+	GameID       string `json:"game_id"`
+	Team         string `json:"team"`
+	Opponent     string `json:"opponent"`
+
+	PointsAvgL5     float64 `json:"points_avg_last_5"`
+	PointsAvgL10    float64 `json:"points_avg_last_10"`
+	PointsAvgSeason float64 `json:"points_avg_season"`
+	PointsStdL10    float64 `json:"points_std_last_10"`
+	GamesPlayed     int     `json:"games_played"`
+	GamesLast7Days  int     `json:"games_in_last_7_days"`
+	FatigueScore    float64 `json:"fatigue_score"` // 0-100, higher is more tired
+
+	// Shot-zone mix: shares of the player's points from paint, mid-range,
+	// three and free throws (they sum to 1).
+	PaintShare float64 `json:"paint_share"`
+	MidShare   float64 `json:"mid_share"`
+	ThreeShare float64 `json:"three_share"`
+	FTShare    float64 `json:"ft_share"`
+	// ShotZoneMismatch: how well the player's zones attack the opponent's
+	// weak zones, roughly -5 (bad matchup) … +5 (good).
+	ShotZoneMismatch float64 `json:"shot_zone_mismatch"`
+
+	OppDefRating   float64 `json:"opponent_def_rating"` // points allowed per 100 possessions
+	Pace           float64 `json:"pace"`                // expected possessions
+	PaceAdjustment float64 `json:"pace_adjustment"`     // Pace − league average
+	Usage          float64 `json:"usage_rate"`          // season usage, percent
+	UsageSpike     float64 `json:"usage_spike"`         // last-5 usage − season usage
+	Home           bool    `json:"home"`
+	BackToBack     bool    `json:"back_to_back"`
+	RestDays       int     `json:"rest_days"`
+	Form           string  `json:"form"`
+
+	RecentGames []GameLog `json:"recent_games"` // newest first, at most 30
+
+	Line    float64 `json:"line"` // prop line; valid only when HasLine
+	HasLine bool    `json:"has_line"`
+	Quality float64 `json:"quality"` // 0-100 data quality score
+}
+
+// Recommendation against the prop line.
+type Recommendation string
+
+// Recommendations.
+const (
+	Over   Recommendation = "OVER"
+	Under  Recommendation = "UNDER"
+	Pass   Recommendation = "PASS"
+	NoLine Recommendation = "NO_LINE"
+)
+
+// Estimate is what a system computes for one player.
+type Estimate struct {
+	Points         float64        // 0-60
+	Confidence     float64        // 0-100
+	Recommendation Recommendation // computed with the system's own thresholds
+}
+
+// System is one prediction system. Predict must honour ctx (return promptly
+// once it is done) and must not keep f after returning.
+type System interface {
+	ID() string
+	Version() string
+	Predict(ctx context.Context, f *Features) (Estimate, error)
+}
+
+// Recommend applies the common rule: NO_LINE without a line; OVER or UNDER
+// when the edge clears minEdge (strictly) and the confidence clears
+// minConfidence (strictly); PASS otherwise.
+func Recommend(points, confidence float64, f *Features, minEdge, minConfidence float64) Recommendation {
+	if !f.HasLine {
+		return NoLine
+	}
+	edge := points - f.Line
+	if math.Abs(edge) <= minEdge || confidence <= minConfidence {
+		return Pass
+	}
+	if edge > 0 {
+		return Over
+	}
+	return Under
+}
+
+// Clamp limits v to [lo, hi]; NaN becomes lo.
+func Clamp(v, lo, hi float64) float64 {
+	if math.IsNaN(v) || v < lo {
+		return lo
+	}
+	return min(v, hi)
+}
+
+// Registry holds the systems a worker may run and their fallbacks.
+type Registry struct {
+	systems   map[string]System
+	fallbacks map[string]string
+}
+
+// NewRegistry returns an empty registry.
+func NewRegistry() *Registry {
+	return &Registry{systems: map[string]System{}, fallbacks: map[string]string{}}
+}
+
+// Register adds s with an optional fallback system id ("" for none).
+func (r *Registry) Register(s System, fallback string) {
+	r.systems[s.ID()] = s
+	if fallback != "" {
+		r.fallbacks[s.ID()] = fallback
+	}
+}
+
+// Validate checks that every fallback names a registered system and that no
+// chain loops.
+func (r *Registry) Validate() error {
+	for id := range r.fallbacks {
+		seen := map[string]bool{id: true}
+		for cur := id; r.fallbacks[cur] != ""; {
+			cur = r.fallbacks[cur]
+			if _, ok := r.systems[cur]; !ok {
+				return fmt.Errorf("system %s: fallback %q is not a registered system", id, cur)
+			}
+			if seen[cur] {
+				return fmt.Errorf("system %s: fallback chain loops at %s", id, cur)
+			}
+			seen[cur] = true
+		}
+	}
+	return nil
+}
+
+// Get returns a registered system.
+func (r *Registry) Get(id string) (System, bool) {
+	s, ok := r.systems[id]
+	return s, ok
+}
+
+// Fallback returns the fallback of id, or "".
+func (r *Registry) Fallback(id string) string { return r.fallbacks[id] }
+
+// IDs returns the registered system ids, sorted.
+func (r *Registry) IDs() []string {
+	ids := make([]string, 0, len(r.systems))
+	for id := range r.systems {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	return ids
+}
+
+// Has reports whether id is registered.
+func (r *Registry) Has(id string) bool { _, ok := r.systems[id]; return ok }
+
+// FeatureSource loads features.
+type FeatureSource interface {
+	// Slate returns the sorted player lookups with a game on date, or
+	// ErrNoGames / ErrUnknownDate.
+	Slate(ctx context.Context, date string) ([]string, error)
+	// Features returns the features of the given players on date. Players
+	// without a game that date are absent from the map.
+	Features(ctx context.Context, date string, players []string) (map[string]*Features, error)
+}
+
+// Prediction is one output row, keyed on (BatchID, PlayerLookup, SystemID).
+type Prediction struct {
+	BatchID         string         `json:"batch_id"`
+	GameDate        string         `json:"game_date"`
+	GameID          string         `json:"game_id"`
+	PlayerLookup    string         `json:"player_lookup"`
+	SystemID        string         `json:"system_id"`
+	PredictedPoints float64        `json:"predicted_points"`
+	Confidence      float64        `json:"confidence"`
+	Recommendation  Recommendation `json:"recommendation"`
+	Line            *float64       `json:"line"`
+	// Fallback is true when SystemID could not answer and ProducedBy did.
+	Fallback       bool   `json:"fallback"`
+	FallbackFrom   string `json:"fallback_from"`   // the system that failed (SystemID)
+	FallbackReason string `json:"fallback_reason"` // timeout, error, panic, circuit_open, …
+	ProducedBy     string `json:"produced_by"`     // the system whose estimate this is
+	// Failed marks an explicit per-item failure: no system in the chain
+	// produced an estimate (or the player had no features).
+	Failed        bool      `json:"failed"`
+	FailureReason string    `json:"failure_reason,omitempty"`
+	ModelVersion  string    `json:"model_version"`
+	CreatedAt     time.Time `json:"created_at"`
+}
+
+// Sink stores prediction rows. Write must be idempotent by key: writing a row
+// whose key exists leaves the stored row as it is. Sinks that can, fence
+// writes by epoch: once rows were written with epoch E for a batch, a write
+// with an epoch below E fails with state.ErrLeaseLost.
+type Sink interface {
+	Write(ctx context.Context, batchID string, epoch int64, rows []Prediction) error
+}
+
+// PredictionReader streams the stored rows of a batch in key order.
+type PredictionReader interface {
+	ReadPredictions(ctx context.Context, batchID string, fn func(*Prediction) error) error
+}
+
+// SortedUnique returns the sorted distinct values of in.
+func SortedUnique(in []string) []string {
+	out := slices.Clone(in)
+	slices.Sort(out)
+	return slices.Compact(out)
+}
