@@ -163,6 +163,11 @@ type ClaimOptions struct {
 	Force bool
 	// Reopen allows claiming a failed batch (an operator's resume).
 	Reopen bool
+	// Replace takes the batch over even when the lease is live, but only
+	// when it is held by this owner: for an owner known to be dead (a
+	// process on this machine that no longer exists). Two claimants racing
+	// to replace the same dead owner cannot both win.
+	Replace string
 }
 
 // ListFilter narrows List.
@@ -200,6 +205,8 @@ type Store interface {
 	// Orphans returns unfinished batches whose lease has expired or was
 	// released (and pending batches nobody claimed), oldest update first.
 	Orphans(ctx context.Context, limit int) ([]Batch, error)
+	// CountByStatus returns how many batches are in each state.
+	CountByStatus(ctx context.Context) (map[Status]int, error)
 	// Ping checks that the store answers.
 	Ping(ctx context.Context) error
 	Close() error

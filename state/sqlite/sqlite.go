@@ -248,7 +248,8 @@ func (s *Store) Claim(ctx context.Context, id, owner string, ttl time.Duration, 
 		case b.Status == state.StatusCompleted, b.Status == state.StatusFailed && !opts.Reopen:
 			out = b
 			return state.ErrFinished
-		case b.Lease.Live(now) && b.Lease.Owner != owner && !opts.Force:
+		case b.Lease.Live(now) && b.Lease.Owner != owner && !opts.Force &&
+			(opts.Replace == "" || opts.Replace != b.Lease.Owner):
 			out = b
 			return state.ErrLeaseHeld
 		}
@@ -329,6 +330,27 @@ func (s *Store) Finish(ctx context.Context, id string, l state.Lease, st state.S
 // Release implements state.Store.
 func (s *Store) Release(ctx context.Context, id string, l state.Lease) error {
 	return s.fenced(ctx, "release", id, l, `lease_owner = '', lease_expires = 0, updated_at = ?`, s.now())
+}
+
+// CountByStatus implements state.Store.
+func (s *Store) CountByStatus(ctx context.Context) (map[state.Status]int, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT status, count(*) FROM batches GROUP BY status`)
+	if err != nil {
+		return nil, fmt.Errorf("count batches: %w", err)
+	}
+	defer func() { _ = rows.Close() }()
+	out := map[state.Status]int{}
+	for rows.Next() {
+		var (
+			st string
+			n  int
+		)
+		if err := rows.Scan(&st, &n); err != nil {
+			return nil, fmt.Errorf("count batches: %w", err)
+		}
+		out[state.Status(st)] = n
+	}
+	return out, rows.Err()
 }
 
 // Ping implements state.Store.

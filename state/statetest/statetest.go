@@ -296,6 +296,48 @@ func Run(t *testing.T, newStore NewStore) {
 		wantErr(t, "Renew after forced takeover", err, state.ErrLeaseLost)
 	})
 
+	t.Run("ReplaceOnlyTheNamedOwner", func(t *testing.T) {
+		t.Parallel()
+		s, _, ctx := setup(t, newStore)
+		mustCreate(t, s, batch("b1", "a"))
+		mustClaim(t, s, "b1", "dead")
+		_, err := s.Claim(ctx, "b1", "o2", ttl, state.ClaimOptions{Replace: "someone-else"})
+		wantErr(t, "Replace naming another owner", err, state.ErrLeaseHeld)
+		var wg sync.WaitGroup
+		wins := make(chan string, 4)
+		for i := range 4 {
+			wg.Go(func() {
+				owner := fmt.Sprintf("heir%d", i)
+				if _, err := s.Claim(ctx, "b1", owner, ttl, state.ClaimOptions{Replace: "dead"}); err == nil {
+					wins <- owner
+				} else if !errors.Is(err, state.ErrLeaseHeld) {
+					t.Errorf("replace: %v", err)
+				}
+			})
+		}
+		wg.Wait()
+		close(wins)
+		if n := len(wins); n != 1 {
+			t.Fatalf("%d claimants replaced the dead owner, want 1", n)
+		}
+	})
+
+	t.Run("CountByStatus", func(t *testing.T) {
+		t.Parallel()
+		s, _, ctx := setup(t, newStore)
+		for i := range 3 {
+			mustCreate(t, s, batch(fmt.Sprintf("b%d", i), "a"))
+		}
+		mustClaim(t, s, "b0", "o")
+		got, err := s.CountByStatus(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got[state.StatusPending] != 2 || got[state.StatusRunning] != 1 || got[state.StatusCompleted] != 0 {
+			t.Fatalf("counts = %v", got)
+		}
+	})
+
 	t.Run("ListFilters", func(t *testing.T) {
 		t.Parallel()
 		s, clock, ctx := setup(t, newStore)
