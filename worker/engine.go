@@ -392,7 +392,8 @@ func (e *Engine) RunClaimed(ctx context.Context, b state.Batch, opts RunOptions)
 	})
 	defer guard.stop()
 	var hb sync.WaitGroup
-	hb.Go(func() { e.heartbeat(runCtx, cancel, b.ID, guard, log) })
+	ticker := e.clock.NewTicker(e.cfg.HeartbeatInterval) // created here so the first tick is one interval after the claim
+	hb.Go(func() { e.heartbeat(runCtx, cancel, ticker, b.ID, guard, log) })
 	defer hb.Wait()
 	defer cancel(nil) // runs before hb.Wait: stops the heartbeat
 
@@ -719,8 +720,7 @@ func (p *PanicError) StackTrace() string { return p.Stack }
 // heartbeat renews the lease every HeartbeatInterval until ctx ends. A lost
 // lease cancels the run at once; failed renewals are retried, and the guard's
 // timer cancels the run if none succeeds before the lease is about to lapse.
-func (e *Engine) heartbeat(ctx context.Context, cancel context.CancelCauseFunc, id string, g *leaseGuard, log *slog.Logger) {
-	t := e.clock.NewTicker(e.cfg.HeartbeatInterval)
+func (e *Engine) heartbeat(ctx context.Context, cancel context.CancelCauseFunc, t clockwork.Ticker, id string, g *leaseGuard, log *slog.Logger) {
 	defer t.Stop()
 	for {
 		select {
