@@ -1,0 +1,89 @@
+package api
+
+import (
+	"fmt"
+	"log/slog"
+	"net/http"
+	"regexp"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5/middleware"
+	"github.com/google/uuid"
+
+	"github.com/predworker/predworker/logging"
+	"github.com/predworker/predworker/worker"
+)
+
+var requestIDPattern = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
+
+// requestContext gives every request an id (the caller's X-Request-Id when it
+// is sane, a new one otherwise), echoes it, and puts a logger carrying it and
+// the Cloud Logging trace into the context.
+func (s *Server) requestContext(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id := r.Header.Get("X-Request-Id")
+		if !requestIDPattern.MatchString(id) {
+			id = uuid.NewString()
+		}
+		w.Header().Set("X-Request-Id", id)
+		log := s.log.With(slog.String("request_id", id))
+		if trace := traceID(r); trace != "" && s.project != "" {
+			log = log.With(slog.String(logging.TraceKey, fmt.Sprintf("projects/%s/traces/%s", s.project, trace)))
+		}
+		next.ServeHTTP(w, r.WithContext(logging.WithLogger(r.Context(), log)))
+	})
+}
+
+var hex32 = regexp.MustCompile(`^[0-9a-f]{32}$`)
+
+// traceID reads the trace id from traceparent or X-Cloud-Trace-Context.
+func traceID(r *http.Request) string {
+	if tp := r.Header.Get("traceparent"); tp != "" {
+		if parts := strings.Split(tp, "-"); len(parts) == 4 && hex32.MatchString(parts[1]) {
+			return parts[1]
+		}
+	}
+	if xc := r.Header.Get("X-Cloud-Trace-Context"); xc != "" {
+		id, _, _ := strings.Cut(xc, "/")
+		if hex32.MatchString(strings.ToLower(id)) {
+			return strings.ToLower(id)
+		}
+	}
+	return ""
+}
+
+// recoverer turns a handler panic into a logged 500 with a JSON body.
+func (s *Server) recoverer(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			if v := recover(); v != nil {
+				if v == http.ErrAbortHandler {
+					panic(v)
+				}
+				s.writeError(w, r, &worker.PanicError{Value: v, Stack: stack()})
+			}
+		}()
+		next.ServeHTTP(w, r)
+	})
+}
+
+// accessLog logs one line per request (probes and metrics at debug level).
+func (s *Server) accessLog(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		ww := middleware.NewWrapResponseWriter(w, r.ProtoMajor)
+		next.ServeHTTP(ww, r)
+		level := slog.LevelInfo
+		switch r.URL.Path {
+		case "/health", "/ready", "/metrics":
+			level = slog.LevelDebug
+		}
+		logging.FromContext(r.Context(), s.log).Log(r.Context(), level, "request",
+			slog.String("method", r.Method), slog.String("path", r.URL.Path), slog.Int("status", ww.Status()),
+			slog.Int("bytes", ww.BytesWritten()), slog.Duration("duration", time.Since(start)))
+	})
+}
+
+func stack() string { return string(debug.Stack()) }
