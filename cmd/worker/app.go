@@ -1,0 +1,154 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/predworker/predworker/api"
+	"github.com/predworker/predworker/logging"
+	"github.com/predworker/predworker/state"
+	statesqlite "github.com/predworker/predworker/state/sqlite"
+	"github.com/predworker/predworker/systems"
+	"github.com/predworker/predworker/systems/league"
+	"github.com/predworker/predworker/systems/movingavg"
+	sinksqlite "github.com/predworker/predworker/systems/sqlite"
+	"github.com/predworker/predworker/systems/zonematchup"
+	"github.com/predworker/predworker/worker"
+)
+
+func parseLevel(s string) (slog.Level, error) {
+	l, err := logging.ParseLevel(s)
+	if err != nil {
+		return l, fmt.Errorf("LOG_LEVEL: %w", err)
+	}
+	return l, nil
+}
+
+func newLogger(cfg *Config, w io.Writer, quiet bool) (*slog.Logger, error) {
+	level, err := parseLevel(cfg.LogLevel)
+	if err != nil {
+		return nil, err
+	}
+	format := cfg.LogFormat
+	if quiet { // a person at a terminal: warnings and errors, readable
+		level, format = max(level, slog.LevelWarn), "text"
+	}
+	return logging.New(w, level, format)
+}
+
+// app is the wired program: backends, engine, metrics.
+type app struct {
+	store    state.Store
+	sink     *sinksqlite.Sink
+	engine   *worker.Engine
+	registry *prometheus.Registry
+	log      *slog.Logger
+}
+
+// registry lists the systems this build runs and their fallbacks.
+func newRegistry() *systems.Registry {
+	r := systems.NewRegistry()
+	r.Register(movingavg.New(), "")
+	r.Register(zonematchup.New(), movingavg.ID)
+	return r
+}
+
+func newApp(ctx context.Context, cfg *Config, log *slog.Logger) (*app, error) {
+	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+		return nil, fmt.Errorf("DATA_DIR %s: %w", cfg.DataDir, err)
+	}
+	store, err := statesqlite.New(ctx, filepath.Join(cfg.DataDir, "state.db"), nil)
+	if err != nil {
+		return nil, err
+	}
+	sink, err := sinksqlite.New(ctx, filepath.Join(cfg.DataDir, "predictions.db"))
+	if err != nil {
+		return nil, errors.Join(err, store.Close())
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	engine, err := worker.New(cfg.engineConfig(), worker.Deps{
+		Store: store, Features: league.Default(), Sink: sink, Registry: newRegistry(),
+		Logger: log, Metrics: worker.NewMetrics(reg, store),
+	})
+	if err != nil {
+		return nil, errors.Join(err, sink.Close(), store.Close())
+	}
+	return &app{store: store, sink: sink, engine: engine, registry: reg, log: log}, nil
+}
+
+func (a *app) Close() error { return errors.Join(a.sink.Close(), a.store.Close()) }
+
+// serve runs the HTTP service until ctx ends, then drains.
+func serve(ctx context.Context, stopSignals func(), cfg *Config, log *slog.Logger) error {
+	a, err := newApp(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := a.Close(); err != nil {
+			log.Error("close backends", logging.Err(err))
+		}
+	}()
+	runner := worker.NewRunner(a.engine)
+	srv := &http.Server{
+		Handler: api.New(api.Options{Engine: a.engine, Runner: runner, Store: a.store, Predictions: a.sink,
+			Metrics: promhttp.HandlerFor(a.registry, promhttp.HandlerOpts{}), Logger: log, Project: cfg.Project}).Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	ln, err := net.Listen("tcp", net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port)))
+	if err != nil {
+		return fmt.Errorf("listen on %s:%d: %w", cfg.Host, cfg.Port, err)
+	}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	log.Info("serving", slog.String("addr", ln.Addr().String()), slog.String("owner", a.engine.Owner()))
+
+	sweepCtx, stopSweep := context.WithCancel(context.Background())
+	sweepDone := make(chan struct{})
+	go func() { defer close(sweepDone); runner.SweepLoop(sweepCtx) }()
+
+	select {
+	case err := <-serveErr:
+		stopSweep()
+		<-sweepDone
+		runner.Drain(cfg.DrainTimeout / 2)
+		return fmt.Errorf("http server: %w", err)
+	case <-ctx.Done():
+	}
+	stopSignals()
+	start := time.Now()
+	log.Info("drain started", logging.Event(logging.EventDrainStarted), slog.Any("batch_ids", runner.Active()),
+		slog.Duration("budget", cfg.DrainTimeout))
+	// Budget: the runs get most of it for their chunk in flight; releasing
+	// leases and closing the listener need the rest.
+	soft := cfg.DrainTimeout - min(cfg.DrainTimeout/4, 2*time.Second)
+	shutdownDone := make(chan error, 1)
+	go func() {
+		sctx, cancel := context.WithTimeout(context.Background(), cfg.DrainTimeout)
+		defer cancel()
+		shutdownDone <- srv.Shutdown(sctx)
+	}()
+	runner.Drain(soft)
+	stopSweep()
+	<-sweepDone
+	if err := <-shutdownDone; err != nil {
+		log.Warn("http shutdown", slog.String("error", err.Error()))
+	}
+	log.Info("drain completed", logging.Event(logging.EventDrainCompleted), slog.Duration("took", time.Since(start)))
+	return nil
+}

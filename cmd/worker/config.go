@@ -1,0 +1,190 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"reflect"
+	"strings"
+	"time"
+
+	"github.com/sethvargo/go-envconfig"
+
+	"github.com/predworker/predworker/worker"
+)
+
+// Config is the whole configuration, read from the environment once at start.
+type Config struct {
+	Port    int    `env:"PORT, default=8080"`
+	Host    string `env:"HOST"`
+	Service string `env:"K_SERVICE"` // set by Cloud Run
+
+	DataDir        string `env:"DATA_DIR, default=./data"`
+	StateStore     string `env:"STATE_STORE, default=sqlite"`
+	FeatureSource  string `env:"FEATURE_SOURCE, default=local"`
+	PredictionSink string `env:"PREDICTION_SINK, default=sqlite"`
+	Events         string `env:"EVENTS, default=log"`
+	Project        string `env:"GOOGLE_CLOUD_PROJECT"`
+
+	ChunkSize         int           `env:"CHUNK_SIZE, default=50"`
+	Concurrency       int           `env:"CONCURRENCY, default=0"` // 0: 4 × GOMAXPROCS
+	SystemTimeout     time.Duration `env:"SYSTEM_TIMEOUT, default=2s"`
+	SystemTimeouts    string        `env:"SYSTEM_TIMEOUTS"` // id=duration,id=duration
+	LeaseTTL          time.Duration `env:"LEASE_TTL, default=30s"`
+	HeartbeatInterval time.Duration `env:"HEARTBEAT_INTERVAL, default=10s"`
+	SweepInterval     time.Duration `env:"SWEEP_INTERVAL, default=15s"`
+	DrainTimeout      time.Duration `env:"DRAIN_TIMEOUT, default=8s"`
+	PushBudget        time.Duration `env:"PUSH_BUDGET, default=540s"`
+	BreakerFailures   int           `env:"BREAKER_FAILURES, default=5"`
+	BreakerCooldown   time.Duration `env:"BREAKER_COOLDOWN, default=10s"`
+	Faults            string        `env:"FAULTS"`
+
+	LogLevel  string `env:"LOG_LEVEL, default=info"`
+	LogFormat string `env:"LOG_FORMAT, default=json"`
+
+	// Parsed forms.
+	faults   []worker.FaultRule
+	timeouts map[string]time.Duration
+}
+
+// LoadConfig reads and validates the configuration from lookup (the process
+// environment in production, a map in tests).
+func LoadConfig(ctx context.Context, lookup envconfig.Lookuper) (*Config, error) {
+	var c Config
+	if err := envconfig.ProcessWith(ctx, &envconfig.Config{Target: &c, Lookuper: lookup}); err != nil {
+		return nil, fmt.Errorf("configuration: %s", withVariableNames(err.Error()))
+	}
+	if err := c.validate(); err != nil {
+		return nil, fmt.Errorf("configuration: %w", err)
+	}
+	return &c, nil
+}
+
+// withVariableNames rewrites the struct field names envconfig puts in its
+// errors ("LeaseTTL: time: invalid duration") into the variable names a user
+// sets ("LEASE_TTL: time: invalid duration").
+func withVariableNames(msg string) string {
+	t := reflect.TypeFor[Config]()
+	for i := range t.NumField() {
+		f := t.Field(i)
+		name, _, _ := strings.Cut(f.Tag.Get("env"), ",")
+		if name != "" && strings.HasPrefix(msg, f.Name+":") {
+			return name + " is invalid:" + strings.TrimPrefix(msg, f.Name+":")
+		}
+	}
+	return msg
+}
+
+func oneOf(name, v string, allowed ...string) error {
+	for _, a := range allowed {
+		if v == a {
+			return nil
+		}
+	}
+	return fmt.Errorf("%s must be one of %s (got %q)", name, strings.Join(allowed, ", "), v)
+}
+
+func (c *Config) validate() error {
+	if c.Host == "" {
+		c.Host = "127.0.0.1"
+		if c.Service != "" {
+			c.Host = "0.0.0.0"
+		}
+	}
+	positive := []struct {
+		name string
+		d    time.Duration
+	}{
+		{"SYSTEM_TIMEOUT", c.SystemTimeout}, {"LEASE_TTL", c.LeaseTTL}, {"HEARTBEAT_INTERVAL", c.HeartbeatInterval},
+		{"SWEEP_INTERVAL", c.SweepInterval}, {"DRAIN_TIMEOUT", c.DrainTimeout}, {"PUSH_BUDGET", c.PushBudget},
+		{"BREAKER_COOLDOWN", c.BreakerCooldown},
+	}
+	for _, p := range positive {
+		if p.d <= 0 {
+			return fmt.Errorf("%s must be a positive duration (got %s)", p.name, p.d)
+		}
+	}
+	switch {
+	case c.Port < 0 || c.Port > 65535:
+		return fmt.Errorf("PORT must be from 0 to 65535 (got %d)", c.Port)
+	case c.ChunkSize < 1 || c.ChunkSize > worker.MaxChunkSize:
+		return fmt.Errorf("CHUNK_SIZE must be from 1 to %d (got %d)", worker.MaxChunkSize, c.ChunkSize)
+	case c.Concurrency < 0 || c.Concurrency > 4096:
+		return fmt.Errorf("CONCURRENCY must be from 1 to 4096, or 0 for 4 × GOMAXPROCS (got %d)", c.Concurrency)
+	case c.HeartbeatInterval > c.LeaseTTL/3:
+		return fmt.Errorf("HEARTBEAT_INTERVAL must be at most LEASE_TTL/3 (got %s with LEASE_TTL %s)", c.HeartbeatInterval, c.LeaseTTL)
+	case c.DrainTimeout > 9*time.Second && c.Service != "":
+		return fmt.Errorf("DRAIN_TIMEOUT must be under 10s on Cloud Run, which kills 10s after SIGTERM (got %s)", c.DrainTimeout)
+	case c.PushBudget > 600*time.Second:
+		return fmt.Errorf("PUSH_BUDGET must be at most 600s, Pub/Sub's longest ack deadline (got %s)", c.PushBudget)
+	case c.BreakerFailures < 1:
+		return fmt.Errorf("BREAKER_FAILURES must be at least 1 (got %d)", c.BreakerFailures)
+	}
+	if c.DataDir == "" {
+		return fmt.Errorf("DATA_DIR must not be empty")
+	}
+	for _, e := range []error{
+		oneOf("STATE_STORE", c.StateStore, "sqlite"),
+		oneOf("FEATURE_SOURCE", c.FeatureSource, "local"),
+		oneOf("PREDICTION_SINK", c.PredictionSink, "sqlite"),
+		oneOf("EVENTS", c.Events, "log"),
+		oneOf("LOG_FORMAT", c.LogFormat, "json", "text"),
+	} {
+		if e != nil {
+			return e
+		}
+	}
+	if _, err := parseLevel(c.LogLevel); err != nil {
+		return err
+	}
+	var err error
+	if c.faults, err = worker.ParseFaults(c.Faults); err != nil {
+		return fmt.Errorf("FAULTS: %w", err)
+	}
+	c.timeouts = map[string]time.Duration{}
+	for _, kv := range strings.Split(c.SystemTimeouts, ",") {
+		if kv = strings.TrimSpace(kv); kv == "" {
+			continue
+		}
+		id, v, ok := strings.Cut(kv, "=")
+		d, err := time.ParseDuration(v)
+		if !ok || err != nil || d <= 0 {
+			return fmt.Errorf("SYSTEM_TIMEOUTS must be id=duration pairs separated by commas (bad: %q)", kv)
+		}
+		c.timeouts[id] = d
+	}
+	return nil
+}
+
+// engineConfig maps the configuration onto the engine's.
+func (c *Config) engineConfig() worker.Config {
+	return worker.Config{
+		DefaultChunkSize:  c.ChunkSize,
+		Concurrency:       c.Concurrency,
+		SystemTimeout:     c.SystemTimeout,
+		SystemTimeouts:    c.timeouts,
+		LeaseTTL:          c.LeaseTTL,
+		HeartbeatInterval: c.HeartbeatInterval,
+		SweepInterval:     c.SweepInterval,
+		Faults:            c.faults,
+		BreakerFailures:   uint32(c.BreakerFailures),
+		BreakerCooldown:   c.BreakerCooldown,
+		// Every process sharing a SQLite file runs on this machine, so a
+		// lease whose owner process is gone can be taken over at once.
+		LocalOwners: c.StateStore == "sqlite",
+	}
+}
+
+// LogValue logs the resolved configuration (it holds no secrets).
+func (c *Config) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.String("host", c.Host), slog.Int("port", c.Port), slog.String("data_dir", c.DataDir),
+		slog.String("state_store", c.StateStore), slog.String("feature_source", c.FeatureSource),
+		slog.String("prediction_sink", c.PredictionSink), slog.String("events", c.Events),
+		slog.Int("chunk_size", c.ChunkSize), slog.Int("concurrency", c.Concurrency),
+		slog.Duration("system_timeout", c.SystemTimeout), slog.String("system_timeouts", c.SystemTimeouts),
+		slog.Duration("lease_ttl", c.LeaseTTL), slog.Duration("heartbeat_interval", c.HeartbeatInterval),
+		slog.Duration("sweep_interval", c.SweepInterval), slog.Duration("drain_timeout", c.DrainTimeout),
+		slog.Duration("push_budget", c.PushBudget), slog.String("faults", c.Faults),
+	)
+}

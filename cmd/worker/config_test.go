@@ -1,0 +1,73 @@
+package main
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sethvargo/go-envconfig"
+)
+
+func TestConfigDefaults(t *testing.T) {
+	t.Parallel()
+	c, err := LoadConfig(t.Context(), envconfig.MapLookuper(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Port != 8080 || c.Host != "127.0.0.1" || c.DataDir != "./data" || c.StateStore != "sqlite" ||
+		c.ChunkSize != 50 || c.LeaseTTL != 30*time.Second || c.HeartbeatInterval != 10*time.Second ||
+		c.SweepInterval != 15*time.Second || c.DrainTimeout != 8*time.Second || c.PushBudget != 540*time.Second ||
+		c.SystemTimeout != 2*time.Second || c.LogFormat != "json" || c.LogLevel != "info" {
+		t.Fatalf("defaults = %+v", c)
+	}
+	c, err = LoadConfig(t.Context(), envconfig.MapLookuper(map[string]string{"K_SERVICE": "predworker"}))
+	if err != nil || c.Host != "0.0.0.0" {
+		t.Fatalf("on Cloud Run host = %q, %v; want 0.0.0.0", c.Host, err)
+	}
+}
+
+func TestConfigRejects(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		env  map[string]string
+		want string
+	}{
+		{map[string]string{"HEARTBEAT_INTERVAL": "11s"}, "HEARTBEAT_INTERVAL must be at most LEASE_TTL/3"},
+		{map[string]string{"LEASE_TTL": "3s", "HEARTBEAT_INTERVAL": "2s"}, "HEARTBEAT_INTERVAL must be at most LEASE_TTL/3"},
+		{map[string]string{"CHUNK_SIZE": "0"}, "CHUNK_SIZE"},
+		{map[string]string{"CHUNK_SIZE": "many"}, "CHUNK_SIZE"},
+		{map[string]string{"LEASE_TTL": "soon"}, "LEASE_TTL"},
+		{map[string]string{"SWEEP_INTERVAL": "-1s"}, "SWEEP_INTERVAL"},
+		{map[string]string{"STATE_STORE": "postgres"}, "STATE_STORE must be one of"},
+		{map[string]string{"FEATURE_SOURCE": "csv"}, "FEATURE_SOURCE"},
+		{map[string]string{"PREDICTION_SINK": "kafka"}, "PREDICTION_SINK"},
+		{map[string]string{"EVENTS": "smoke"}, "EVENTS"},
+		{map[string]string{"LOG_FORMAT": "xml"}, "LOG_FORMAT"},
+		{map[string]string{"LOG_LEVEL": "loud"}, "LOG_LEVEL"},
+		{map[string]string{"FAULTS": "system=*,kind=boom,rate=1"}, "FAULTS"},
+		{map[string]string{"SYSTEM_TIMEOUTS": "moving_average"}, "SYSTEM_TIMEOUTS"},
+		{map[string]string{"PUSH_BUDGET": "11m"}, "PUSH_BUDGET"},
+		{map[string]string{"PORT": "70000"}, "PORT"},
+		{map[string]string{"K_SERVICE": "x", "DRAIN_TIMEOUT": "12s"}, "DRAIN_TIMEOUT"},
+	} {
+		_, err := LoadConfig(t.Context(), envconfig.MapLookuper(tc.env))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: err = %v, want one naming %s", tc.env, err, tc.want)
+		}
+	}
+}
+
+func TestConfigParsesFaultsAndTimeouts(t *testing.T) {
+	t.Parallel()
+	c, err := LoadConfig(t.Context(), envconfig.MapLookuper(map[string]string{
+		"FAULTS":          "system=*,kind=latency,latency=20ms,rate=1;system=zone_matchup_v1,kind=hang,rate=0.05",
+		"SYSTEM_TIMEOUTS": "zone_matchup_v1=500ms, moving_average=1s",
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ec := c.engineConfig()
+	if len(ec.Faults) != 2 || ec.SystemTimeouts["zone_matchup_v1"] != 500*time.Millisecond || !ec.LocalOwners {
+		t.Fatalf("engine config = %+v", ec)
+	}
+}
