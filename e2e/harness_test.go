@@ -1,0 +1,241 @@
+// Package e2e proves the guarantees from the outside: it builds the real
+// binary, runs it as separate processes on loopback, kills them with SIGKILL,
+// SIGTERM and SIGSTOP, and checks the results through the HTTP API and the
+// log events.
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/predworker/predworker/api"
+	"github.com/predworker/predworker/systems"
+)
+
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "predworker-e2e")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binary = filepath.Join(dir, "worker")
+	build := exec.Command("go", "build", "-o", binary, "../cmd/worker")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build worker:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	_ = os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// event is one JSON log line of the worker.
+type event struct {
+	Severity string `json:"severity"`
+	Message  string `json:"message"`
+	Event    string `json:"event"`
+	BatchID  string `json:"batch_id"`
+	Chunk    *int   `json:"chunk"`
+	Epoch    int64  `json:"epoch"`
+	Addr     string `json:"addr"`
+	Owner    string `json:"owner"`
+	Instance int    `json:"-"` // which process wrote it
+}
+
+// proc is one running worker process.
+type proc struct {
+	t        *testing.T
+	cmd      *exec.Cmd
+	instance int
+	addr     string
+	owner    string
+	mu       sync.Mutex
+	events   []event
+	exited   chan struct{}
+	exitErr  error
+}
+
+// cluster starts worker processes on one data directory and keeps every log
+// event they wrote, in order.
+type cluster struct {
+	t       *testing.T
+	dataDir string
+	env     []string
+	mu      sync.Mutex
+	procs   []*proc
+}
+
+func newCluster(t *testing.T, env ...string) *cluster {
+	t.Helper()
+	return &cluster{t: t, dataDir: t.TempDir(), env: env}
+}
+
+// start runs `worker serve` on a free port and waits until it serves.
+func (c *cluster) start() *proc {
+	c.t.Helper()
+	c.mu.Lock()
+	p := &proc{t: c.t, instance: len(c.procs), exited: make(chan struct{})}
+	c.procs = append(c.procs, p)
+	c.mu.Unlock()
+	p.cmd = exec.Command(binary, "serve")
+	p.cmd.Env = append(os.Environ(), "PORT=0", "HOST=127.0.0.1", "DATA_DIR="+c.dataDir, "LOG_LEVEL=info", "LOG_FORMAT=json")
+	p.cmd.Env = append(p.cmd.Env, c.env...)
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	p.cmd.Stderr = os.Stderr
+	out, err := p.cmd.StdoutPipe()
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	if err := p.cmd.Start(); err != nil {
+		c.t.Fatal(err)
+	}
+	c.t.Cleanup(func() { p.signal(syscall.SIGKILL); <-p.exited })
+	ready := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(out)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			var e event
+			if json.Unmarshal(sc.Bytes(), &e) != nil {
+				continue
+			}
+			e.Instance = p.instance
+			p.mu.Lock()
+			p.events = append(p.events, e)
+			if e.Message == "serving" && p.addr == "" {
+				p.addr, p.owner = e.Addr, e.Owner
+				close(ready)
+			}
+			p.mu.Unlock()
+		}
+		p.exitErr = p.cmd.Wait()
+		close(p.exited)
+	}()
+	select {
+	case <-ready:
+	case <-p.exited:
+		c.t.Fatalf("worker %d exited before serving: %v", p.instance, p.exitErr)
+	case <-time.After(10 * time.Second):
+		c.t.Fatalf("worker %d not serving after 10s", p.instance)
+	}
+	return p
+}
+
+func (p *proc) signal(sig syscall.Signal) {
+	select {
+	case <-p.exited:
+	default:
+		_ = syscall.Kill(-p.cmd.Process.Pid, sig) // the whole process group
+	}
+}
+
+func (p *proc) url(path string) string { return "http://" + p.addr + path }
+
+func (p *proc) eventsSnapshot() []event {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]event(nil), p.events...)
+}
+
+// allEvents returns every event of every process, in process order.
+func (c *cluster) allEvents() []event {
+	c.mu.Lock()
+	procs := append([]*proc(nil), c.procs...)
+	c.mu.Unlock()
+	var out []event
+	for _, p := range procs {
+		out = append(out, p.eventsSnapshot()...)
+	}
+	return out
+}
+
+var client = &http.Client{Timeout: 10 * time.Second}
+
+func request(t *testing.T, method, url, body string) (int, []byte, error) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer func() { _ = resp.Body.Close() }()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, b, err
+}
+
+func status(t *testing.T, p *proc, id string) (api.Status, error) {
+	t.Helper()
+	code, body, err := request(t, "GET", p.url("/v1/batches/"+id), "")
+	if err != nil {
+		return api.Status{}, err
+	}
+	if code != 200 {
+		return api.Status{}, fmt.Errorf("GET %s: %d %s", id, code, body)
+	}
+	var st api.Status
+	return st, json.Unmarshal(body, &st)
+}
+
+func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+}
+
+// checkRows reads a batch's predictions and checks exactly one row per
+// (player, system) for every item and system, and none failed.
+func checkRows(t *testing.T, p *proc, st api.Status) {
+	t.Helper()
+	code, body, err := request(t, "GET", p.url("/v1/batches/"+st.BatchID+"/predictions"), "")
+	if err != nil || code != 200 {
+		t.Fatalf("predictions of %s: %d %v", st.BatchID, code, err)
+	}
+	seen := map[string]int{}
+	players := map[string]bool{}
+	for line := range bytes.Lines(body) {
+		var r systems.Prediction
+		if err := json.Unmarshal(line, &r); err != nil {
+			t.Fatalf("bad NDJSON line %q: %v", line, err)
+		}
+		seen[r.PlayerLookup+"/"+r.SystemID]++
+		players[r.PlayerLookup] = true
+		if r.Failed {
+			t.Errorf("%s: failure record for %s/%s: %s", st.BatchID, r.PlayerLookup, r.SystemID, r.FailureReason)
+		}
+	}
+	for key, n := range seen {
+		if n != 1 {
+			t.Errorf("%s: %d rows for %s", st.BatchID, n, key)
+		}
+	}
+	want := st.TotalItems * len(st.Systems)
+	if len(seen) != want || len(players) != st.TotalItems {
+		t.Errorf("%s: %d distinct rows over %d players, want %d over %d", st.BatchID, len(seen), len(players), want, st.TotalItems)
+	}
+}
