@@ -72,7 +72,7 @@ type bundle struct {
 	dir      string
 }
 
-func setup(t *testing.T, clock clockwork.Clock, register func(*systems.Registry)) *bundle {
+func setup(t testing.TB, clock clockwork.Clock, register func(*systems.Registry)) *bundle {
 	t.Helper()
 	dir := t.TempDir()
 	if clock == nil {
@@ -97,7 +97,7 @@ func setup(t *testing.T, clock clockwork.Clock, register func(*systems.Registry)
 	return &bundle{store: st, sink: sk, clock: clock, registry: reg, features: league.Default(), dir: dir}
 }
 
-func (b *bundle) engine(t *testing.T, cfg Config) *Engine {
+func (b *bundle) engine(t testing.TB, cfg Config) *Engine {
 	t.Helper()
 	e, err := New(cfg, Deps{Store: b.store, Features: b.features, Sink: b.sink, Registry: b.registry, Clock: b.clock})
 	if err != nil {

@@ -81,7 +81,7 @@ func newApp(ctx context.Context, cfg *Config, log *slog.Logger) (*app, error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	engine, err := worker.New(cfg.engineConfig(), worker.Deps{
-		Store: store, Features: league.Default(), Sink: sink, Registry: newRegistry(),
+		Store: store, Features: league.Lazy{}, Sink: sink, Registry: newRegistry(),
 		Logger: log, Metrics: worker.NewMetrics(reg, store),
 	})
 	if err != nil {

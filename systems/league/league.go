@@ -64,8 +64,6 @@ type box struct {
 	played   bool
 	points   float64
 	usage    float64
-	form     string
-	line     float64
 	hasLine  bool
 	lineSeed float64
 }
@@ -547,3 +545,17 @@ func (l *League) features(pi, i int, date string) *systems.Features {
 }
 
 var _ systems.FeatureSource = (*League)(nil)
+
+// Lazy is a FeatureSource over Default that generates the league on first
+// use, so a process is ready to serve before the league exists.
+type Lazy struct{}
+
+// Slate implements systems.FeatureSource.
+func (Lazy) Slate(ctx context.Context, date string) ([]string, error) {
+	return Default().Slate(ctx, date)
+}
+
+// Features implements systems.FeatureSource.
+func (Lazy) Features(ctx context.Context, date string, players []string) (map[string]*systems.Features, error) {
+	return Default().Features(ctx, date, players)
+}
