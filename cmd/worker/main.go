@@ -20,6 +20,9 @@ import (
 	"github.com/sethvargo/go-envconfig"
 )
 
+// buildID is stamped at build time (-ldflags "-X main.buildID=…").
+var buildID = "dev"
+
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	err := realMain(ctx, stop, os.Args[1:], os.Stdout, os.Stderr)
@@ -79,6 +82,6 @@ func realMain(ctx context.Context, stopSignals func(), args []string, stdout, st
 	if err != nil {
 		return err
 	}
-	log.Info("starting", slog.Any("config", cfg))
+	log.Info("starting", slog.String("build_id", buildID), slog.Any("config", cfg))
 	return serve(ctx, stopSignals, cfg, log)
 }
