@@ -192,11 +192,15 @@ type Store interface {
 	// current batch) unless opts.Force; a completed batch gives ErrFinished,
 	// as does a failed one unless opts.Reopen.
 	Claim(ctx context.Context, id, owner string, ttl time.Duration, opts ClaimOptions) (Batch, error)
-	// Renew extends the lease. ErrLeaseLost when (owner, epoch) lost it.
+	// Renew extends the lease and returns it as stored. Stores with a write
+	// budget may skip a renewal that comes too soon after the last write and
+	// return the lease unchanged. ErrLeaseLost when (owner, epoch) lost it.
 	Renew(ctx context.Context, id string, l Lease, ttl time.Duration) (Lease, error)
 	// Checkpoint records p, which must advance DoneChunks by exactly one
-	// over the stored value, and extends the lease. Fenced by (owner, epoch).
-	Checkpoint(ctx context.Context, id string, l Lease, p Progress, ttl time.Duration) error
+	// over the stored value. Fenced by (owner, epoch). It may also extend the
+	// lease (stores with a write budget may skip that); it returns the lease
+	// as stored afterwards.
+	Checkpoint(ctx context.Context, id string, l Lease, p Progress, ttl time.Duration) (Lease, error)
 	// Finish marks the batch completed or failed and drops the lease. Fenced.
 	Finish(ctx context.Context, id string, l Lease, s Status, errMsg string) error
 	// Release drops the lease so another owner can claim at once; the batch

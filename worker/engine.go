@@ -543,21 +543,23 @@ func (e *Engine) runChunk(ctx context.Context, b state.Batch, chunk int, g *leas
 	}
 	next := b.Progress.Add(delta)
 	cpStart := e.clock.Now()
+	stored := lease
 	err = e.retry(ctx, "checkpoint", func() error {
-		err := e.store.Checkpoint(ctx, b.ID, lease, next, e.cfg.LeaseTTL)
+		l, err := e.store.Checkpoint(ctx, b.ID, lease, next, e.cfg.LeaseTTL)
 		if errors.Is(err, state.ErrLeaseLost) {
 			// An earlier try may have committed before its answer was lost.
 			if cur, gerr := e.store.Get(ctx, b.ID); gerr == nil && cur.Lease.Owner == lease.Owner &&
 				cur.Lease.Epoch == lease.Epoch && cur.DoneChunks == next.DoneChunks {
-				return nil
+				l, err = cur.Lease, nil
 			}
 		}
+		stored = l
 		return err
 	})
 	if err != nil {
 		return b.Progress, fmt.Errorf("checkpoint chunk %d: %w", chunk, err)
 	}
-	g.renewed(cpStart, lease)
+	g.renewed(cpStart, stored)
 	e.metrics.CheckpointDuration.Observe(e.clock.Since(cpStart).Seconds())
 	e.metrics.ChunkDuration.Observe(e.clock.Since(start).Seconds())
 	clog.Info("chunk committed", logging.Event(logging.EventChunkCommitted), slog.Int("done_chunks", next.DoneChunks),
@@ -773,11 +775,18 @@ func newLeaseGuard(c clockwork.Clock, l state.Lease, sent time.Time, ttl time.Du
 	return g
 }
 
+// renewed records a write that returned lease l and was sent at sent. The
+// lease is ours until the earlier of sent+TTL and the stored expiry (a store
+// may have skipped the extension), less the margin.
 func (g *leaseGuard) renewed(sent time.Time, l state.Lease) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.l = l
-	if u := sent.Add(g.ttl - g.margin); u.After(g.until) {
+	end := sent.Add(g.ttl)
+	if !l.ExpiresAt.IsZero() && l.ExpiresAt.Before(end) {
+		end = l.ExpiresAt
+	}
+	if u := end.Add(-g.margin); u.After(g.until) {
 		g.until = u
 		g.timer.Reset(u.Sub(g.clock.Now()))
 	}

@@ -297,24 +297,26 @@ func (s *Store) Renew(ctx context.Context, id string, l state.Lease, ttl time.Du
 }
 
 // Checkpoint implements state.Store.
-func (s *Store) Checkpoint(ctx context.Context, id string, l state.Lease, p state.Progress, ttl time.Duration) error {
+func (s *Store) Checkpoint(ctx context.Context, id string, l state.Lease, p state.Progress, ttl time.Duration) (state.Lease, error) {
 	now := s.clock.Now()
+	old := l
+	l.ExpiresAt = now.Add(ttl)
 	args := []any{p.DoneChunks, p.DoneItems, p.Predictions, p.Fallbacks, p.FailedItems,
-		now.Add(ttl).UnixNano(), now.UnixNano(), now.UnixNano(), p.DoneChunks - 1}
+		l.ExpiresAt.UnixNano(), now.UnixNano(), now.UnixNano(), p.DoneChunks - 1}
 	args = append(args, id, l.Owner, l.Epoch)
 	res, err := s.db.ExecContext(ctx, `UPDATE batches SET done_chunks = ?, done_items = ?, predictions = ?,
 		fallbacks = ?, failed_items = ?, lease_expires = ?, heartbeat_at = ?, updated_at = ?
 		WHERE done_chunks = ? AND id = ? AND lease_owner = ? AND lease_epoch = ? AND status = 'running'`, args...)
 	if err != nil {
-		return fmt.Errorf("checkpoint batch %s: %w", id, err)
+		return old, fmt.Errorf("checkpoint batch %s: %w", id, err)
 	}
 	if n, err := res.RowsAffected(); err != nil {
-		return fmt.Errorf("checkpoint batch %s: %w", id, err)
+		return old, fmt.Errorf("checkpoint batch %s: %w", id, err)
 	} else if n == 0 {
-		return fmt.Errorf("checkpoint batch %s chunk %d (owner %s, epoch %d): %w",
+		return old, fmt.Errorf("checkpoint batch %s chunk %d (owner %s, epoch %d): %w",
 			id, p.DoneChunks-1, l.Owner, l.Epoch, state.ErrLeaseLost)
 	}
-	return nil
+	return l, nil
 }
 
 // Finish implements state.Store.

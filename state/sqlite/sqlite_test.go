@@ -61,7 +61,7 @@ func (s splitStore) Renew(ctx context.Context, id string, l state.Lease, ttl tim
 	return s.other.Renew(ctx, id, l, ttl)
 }
 
-func (s splitStore) Checkpoint(ctx context.Context, id string, l state.Lease, p state.Progress, ttl time.Duration) error {
+func (s splitStore) Checkpoint(ctx context.Context, id string, l state.Lease, p state.Progress, ttl time.Duration) (state.Lease, error) {
 	return s.other.Checkpoint(ctx, id, l, p, ttl)
 }
 
