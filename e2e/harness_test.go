@@ -16,11 +16,16 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/predworker/predworker/api"
+	"github.com/predworker/predworker/internal/emulator"
+	"github.com/predworker/predworker/state"
+	statefirestore "github.com/predworker/predworker/state/firestore"
+	statesqlite "github.com/predworker/predworker/state/sqlite"
 	"github.com/predworker/predworker/systems"
 )
 
@@ -39,10 +44,25 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "build worker:", err)
 		os.Exit(1)
 	}
+	emu, err := emulator.StartFirestore()
+	if err != nil {
+		firestoreSkip = err.Error()
+	}
 	code := m.Run()
+	if emu != nil {
+		emu.Stop()
+	}
 	_ = os.RemoveAll(dir)
 	os.Exit(code)
 }
+
+// firestoreSkip says why the Firestore emulator is unavailable ("" when it runs).
+var firestoreSkip string
+
+var prefixSeq atomic.Int64
+
+// backends are the state stores every recovery test runs against.
+var backends = []string{"sqlite", "firestore"}
 
 // event is one JSON log line of the worker.
 type event struct {
@@ -54,6 +74,7 @@ type event struct {
 	Epoch    int64  `json:"epoch"`
 	Addr     string `json:"addr"`
 	Owner    string `json:"owner"`
+	Error    string `json:"error"`
 	Instance int    `json:"-"` // which process wrote it
 }
 
@@ -75,14 +96,43 @@ type proc struct {
 type cluster struct {
 	t       *testing.T
 	dataDir string
+	backend string
+	prefix  string
 	env     []string
 	mu      sync.Mutex
 	procs   []*proc
 }
 
-func newCluster(t *testing.T, env ...string) *cluster {
+func newCluster(t *testing.T, backend string, env ...string) *cluster {
 	t.Helper()
-	return &cluster{t: t, dataDir: t.TempDir(), env: env}
+	c := &cluster{t: t, dataDir: t.TempDir(), backend: backend, env: env}
+	if backend == "firestore" {
+		emulator.SkipOrFail(t, firestoreSkip)
+		c.prefix = fmt.Sprintf("e2e%d_%d_", os.Getpid(), prefixSeq.Add(1))
+		c.env = append([]string{"STATE_STORE=firestore", "GOOGLE_CLOUD_PROJECT=" + emulator.Project,
+			"FIRESTORE_PREFIX=" + c.prefix}, c.env...)
+	}
+	return c
+}
+
+// openStore opens the cluster's state store from the test process, to look
+// at what the workers left behind.
+func (c *cluster) openStore() state.Store {
+	c.t.Helper()
+	var (
+		s   state.Store
+		err error
+	)
+	if c.backend == "firestore" {
+		s, err = statefirestore.New(c.t.Context(), statefirestore.Options{Project: emulator.Project, Prefix: c.prefix})
+	} else {
+		s, err = statesqlite.New(c.t.Context(), filepath.Join(c.dataDir, "state.db"), nil)
+	}
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.t.Cleanup(func() { _ = s.Close() })
+	return s
 }
 
 // start runs `worker serve` on a free port and waits until it serves.

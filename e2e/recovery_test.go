@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"path/filepath"
 	"strconv"
 	"syscall"
 	"testing"
@@ -12,13 +11,18 @@ import (
 
 	"github.com/predworker/predworker/api"
 	"github.com/predworker/predworker/state"
-	statesqlite "github.com/predworker/predworker/state/sqlite"
 )
 
 // fastLeases makes leases, heartbeats and sweeps short, and system calls slow
-// enough (FAULTS latency) that a batch takes seconds.
-var fastLeases = []string{"CHUNK_SIZE=20", "LEASE_TTL=2s", "HEARTBEAT_INTERVAL=500ms", "SWEEP_INTERVAL=500ms",
-	"FAULTS=system=*,kind=latency,latency=40ms,rate=1", "CONCURRENCY=8"}
+// enough (FAULTS latency) that a batch takes seconds. Firestore needs
+// heartbeats of at least 1s (its write budget), so its leases are 3s.
+func fastLeases(backend string) []string {
+	env := []string{"CHUNK_SIZE=20", "SWEEP_INTERVAL=500ms", "FAULTS=system=*,kind=latency,latency=40ms,rate=1", "CONCURRENCY=8"}
+	if backend == "firestore" {
+		return append(env, "LEASE_TTL=3s", "HEARTBEAT_INTERVAL=1s")
+	}
+	return append(env, "LEASE_TTL=2s", "HEARTBEAT_INTERVAL=500ms")
+}
 
 func submit(t *testing.T, p *proc, id, date string) {
 	t.Helper()
@@ -33,6 +37,12 @@ func submit(t *testing.T, p *proc, id, date string) {
 // (player, system) and that no committed chunk is ever run again.
 func TestCrashRecovery(t *testing.T) {
 	t.Parallel()
+	for _, backend := range backends {
+		t.Run(backend, func(t *testing.T) { t.Parallel(); testCrashRecovery(t, backend) })
+	}
+}
+
+func testCrashRecovery(t *testing.T, backend string) {
 	kills := 20
 	if v := os.Getenv("CRASH_KILLS"); v != "" {
 		n, err := strconv.Atoi(v)
@@ -45,8 +55,15 @@ func TestCrashRecovery(t *testing.T) {
 	t.Logf("kill schedule seed %d", seed)
 	rng := rand.New(rand.NewPCG(seed, 7))
 
-	env := append(append([]string(nil), fastLeases...), "FAULTS=system=*,kind=latency,latency=80ms,rate=1")
-	c := newCluster(t, env...)
+	env := append(fastLeases(backend), "FAULTS=system=*,kind=latency,latency=80ms,rate=1")
+	c := newCluster(t, backend, env...)
+	// On the embedded store a restarted process replaces the dead owner's
+	// lease at once; elsewhere it waits for expiry (LEASE_TTL 3s), so the
+	// kills come further apart there for the batches to make progress.
+	minGap, spread := 150, 900
+	if backend != "sqlite" {
+		minGap, spread = 3300, 1500
+	}
 	p := c.start()
 	batches := map[string]string{"crash-a": "2025-01-15", "crash-b": "2025-01-22", "crash-c": "2025-02-05", "crash-d": "2025-03-12"}
 	for id, date := range batches {
@@ -55,7 +72,7 @@ func TestCrashRecovery(t *testing.T) {
 	start := time.Now()
 	running := map[string]int{} // batch → kills that hit it while running
 	for k := range kills {
-		time.Sleep(time.Duration(150+rng.IntN(900)) * time.Millisecond)
+		time.Sleep(time.Duration(minGap+rng.IntN(spread)) * time.Millisecond)
 		for id := range batches {
 			if st, err := status(t, p, id); err == nil && st.State == state.StatusRunning {
 				running[id]++
@@ -104,7 +121,12 @@ func TestCrashRecovery(t *testing.T) {
 	committed := map[key]bool{}
 	starts := map[key]int{}
 	redone := map[string]int{}
+	lost := map[string]int{} // runs that stopped on a lost lease, not a kill
 	for _, e := range c.allEvents() {
+		if e.Event == "lease_lost" {
+			lost[e.BatchID]++
+			t.Logf("instance %d lost the lease of %s (epoch %d): %s", e.Instance, e.BatchID, e.Epoch, e.Error)
+		}
 		if e.Chunk == nil {
 			continue
 		}
@@ -129,12 +151,16 @@ func TestCrashRecovery(t *testing.T) {
 				t.Errorf("%s chunk %d never started", id, ch)
 			}
 		}
-		if redone[id] > running[id] {
-			t.Errorf("%s redid %d chunks but was hit by %d kills", id, redone[id], running[id])
+		// Each interruption (a kill, or a run stopping itself because it
+		// could not keep its lease) may cost the chunk in flight, no more.
+		if redone[id] > running[id]+lost[id] {
+			t.Errorf("%s redid %d chunks but was interrupted %d times (%d kills, %d lost leases)",
+				id, redone[id], running[id]+lost[id], running[id], lost[id])
 		}
 		total += redone[id]
 	}
-	t.Logf("kills: %d; chunks redone per batch %v (kills while running %v); total redone %d", kills, redone, running, total)
+	t.Logf("kills: %d; chunks redone per batch %v (kills while running %v, lost leases %v); total redone %d",
+		kills, redone, running, lost, total)
 }
 
 // TestSIGTERMDrains sends SIGTERM mid-batch with a long lease: the process
@@ -142,7 +168,13 @@ func TestCrashRecovery(t *testing.T) {
 // the batch at once rather than after the TTL.
 func TestSIGTERMDrains(t *testing.T) {
 	t.Parallel()
-	c := newCluster(t, "CHUNK_SIZE=20", "LEASE_TTL=60s", "HEARTBEAT_INTERVAL=20s", "SWEEP_INTERVAL=1s",
+	for _, backend := range backends {
+		t.Run(backend, func(t *testing.T) { t.Parallel(); testSIGTERMDrains(t, backend) })
+	}
+}
+
+func testSIGTERMDrains(t *testing.T, backend string) {
+	c := newCluster(t, backend, "CHUNK_SIZE=20", "LEASE_TTL=60s", "HEARTBEAT_INTERVAL=20s", "SWEEP_INTERVAL=1s",
 		"FAULTS=system=*,kind=latency,latency=40ms,rate=1", "CONCURRENCY=8")
 	p := c.start()
 	submit(t, p, "term", "2025-01-15")
@@ -164,13 +196,8 @@ func TestSIGTERMDrains(t *testing.T) {
 	if took > 8*time.Second {
 		t.Fatalf("exit took %v, want ≤ 8s", took)
 	}
-	// Read the state file directly: the lease must be released, not left to expire.
-	store, err := statesqlite.New(t.Context(), filepath.Join(c.dataDir, "state.db"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := store.Get(t.Context(), "term")
-	_ = store.Close()
+	// Read the store directly: the lease must be released, not left to expire.
+	b, err := c.openStore().Get(t.Context(), "term")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -208,7 +235,13 @@ func TestSIGTERMDrains(t *testing.T) {
 // commits nothing, logs lease_lost, and the output has no duplicates.
 func TestSplitBrain(t *testing.T) {
 	t.Parallel()
-	c := newCluster(t, fastLeases...)
+	for _, backend := range backends {
+		t.Run(backend, func(t *testing.T) { t.Parallel(); testSplitBrain(t, backend) })
+	}
+}
+
+func testSplitBrain(t *testing.T, backend string) {
+	c := newCluster(t, backend, fastLeases(backend)...)
 	a := c.start()
 	submit(t, a, "split", "2025-01-15")
 	waitUntil(t, 30*time.Second, "A to commit a chunk", func() bool {
@@ -227,6 +260,7 @@ func TestSplitBrain(t *testing.T) {
 	t.Logf("B took over after %v at epoch %d, chunk %d", time.Since(stoppedAt).Round(time.Millisecond),
 		takenOver.Lease.Epoch, takenOver.DoneChunks)
 	mark := len(a.eventsSnapshot())
+	staleEpoch := takenOver.Lease.Epoch - 1 // the epoch A held when it was paused
 	a.signal(syscall.SIGCONT)
 	waitUntil(t, time.Minute, "completion", func() bool {
 		st, err := status(t, b, "split")
@@ -234,11 +268,13 @@ func TestSplitBrain(t *testing.T) {
 	})
 	lost := false
 	for _, e := range a.eventsSnapshot()[mark:] {
-		if e.Event == "lease_lost" {
+		if e.Event == "lease_lost" && e.Epoch == staleEpoch {
 			lost = true
 		}
-		if e.Event == "chunk_committed" || e.Event == "batch_completed" {
-			t.Errorf("stale owner committed after resuming: %+v", e)
+		// A may later win the batch back with a new epoch through its own
+		// sweeper (a legitimate claim); under the stale epoch it commits nothing.
+		if (e.Event == "chunk_committed" || e.Event == "batch_completed") && e.Epoch <= staleEpoch {
+			t.Errorf("stale owner committed under epoch %d after resuming: %+v", e.Epoch, e)
 		}
 	}
 	if !lost {

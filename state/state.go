@@ -188,8 +188,8 @@ type Store interface {
 	// List returns batches, newest first.
 	List(ctx context.Context, f ListFilter) ([]Batch, error)
 	// Claim takes the lease for owner with a new epoch and marks the batch
-	// running. A live lease of another owner gives ErrLeaseHeld (with the
-	// current batch) unless opts.Force; a completed batch gives ErrFinished,
+	// running. A live lease gives ErrLeaseHeld (with the current batch),
+	// even when the caller holds it, unless opts.Force; a completed batch gives ErrFinished,
 	// as does a failed one unless opts.Reopen.
 	Claim(ctx context.Context, id, owner string, ttl time.Duration, opts ClaimOptions) (Batch, error)
 	// Renew extends the lease and returns it as stored. Stores with a write

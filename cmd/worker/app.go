@@ -20,6 +20,7 @@ import (
 	"github.com/predworker/predworker/api"
 	"github.com/predworker/predworker/logging"
 	"github.com/predworker/predworker/state"
+	statefirestore "github.com/predworker/predworker/state/firestore"
 	statesqlite "github.com/predworker/predworker/state/sqlite"
 	"github.com/predworker/predworker/systems"
 	"github.com/predworker/predworker/systems/league"
@@ -70,7 +71,7 @@ func newApp(ctx context.Context, cfg *Config, log *slog.Logger) (*app, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("DATA_DIR %s: %w", cfg.DataDir, err)
 	}
-	store, err := statesqlite.New(ctx, filepath.Join(cfg.DataDir, "state.db"), nil)
+	store, err := newStore(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -88,6 +89,16 @@ func newApp(ctx context.Context, cfg *Config, log *slog.Logger) (*app, error) {
 		return nil, errors.Join(err, sink.Close(), store.Close())
 	}
 	return &app{store: store, sink: sink, engine: engine, registry: reg, log: log}, nil
+}
+
+func newStore(ctx context.Context, cfg *Config) (state.Store, error) {
+	switch cfg.StateStore {
+	case "firestore":
+		return statefirestore.New(ctx, statefirestore.Options{Project: cfg.Project,
+			Database: cfg.FirestoreDatabase, Prefix: cfg.FirestorePrefix})
+	default:
+		return statesqlite.New(ctx, filepath.Join(cfg.DataDir, "state.db"), nil)
+	}
 }
 
 func (a *app) Close() error { return errors.Join(a.sink.Close(), a.store.Close()) }

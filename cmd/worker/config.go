@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"reflect"
+	"regexp"
 	"strings"
 	"time"
 
@@ -25,6 +26,10 @@ type Config struct {
 	PredictionSink string `env:"PREDICTION_SINK, default=sqlite"`
 	Events         string `env:"EVENTS, default=log"`
 	Project        string `env:"GOOGLE_CLOUD_PROJECT"`
+	// Firestore: database id and a collection prefix, so several deployments
+	// or test runs can share one database.
+	FirestoreDatabase string `env:"FIRESTORE_DATABASE, default=(default)"`
+	FirestorePrefix   string `env:"FIRESTORE_PREFIX"`
 
 	ChunkSize         int           `env:"CHUNK_SIZE, default=50"`
 	Concurrency       int           `env:"CONCURRENCY, default=0"` // 0: 4 × GOMAXPROCS
@@ -75,6 +80,8 @@ func withVariableNames(msg string) string {
 	return msg
 }
 
+var prefixPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{0,64}$`)
+
 func oneOf(name, v string, allowed ...string) error {
 	for _, a := range allowed {
 		if v == a {
@@ -124,7 +131,7 @@ func (c *Config) validate() error {
 		return fmt.Errorf("DATA_DIR must not be empty")
 	}
 	for _, e := range []error{
-		oneOf("STATE_STORE", c.StateStore, "sqlite"),
+		oneOf("STATE_STORE", c.StateStore, "sqlite", "firestore"),
 		oneOf("FEATURE_SOURCE", c.FeatureSource, "local"),
 		oneOf("PREDICTION_SINK", c.PredictionSink, "sqlite"),
 		oneOf("EVENTS", c.Events, "log"),
@@ -133,6 +140,15 @@ func (c *Config) validate() error {
 		if e != nil {
 			return e
 		}
+	}
+	if c.StateStore == "firestore" && c.Project == "" {
+		return fmt.Errorf("GOOGLE_CLOUD_PROJECT must be set when STATE_STORE=firestore")
+	}
+	if c.StateStore == "firestore" && c.HeartbeatInterval < time.Second {
+		return fmt.Errorf("HEARTBEAT_INTERVAL must be at least 1s with STATE_STORE=firestore (one write per second per document; got %s)", c.HeartbeatInterval)
+	}
+	if !prefixPattern.MatchString(c.FirestorePrefix) {
+		return fmt.Errorf("FIRESTORE_PREFIX must be up to 64 characters of A-Z, a-z, 0-9, _ and - (got %q)", c.FirestorePrefix)
 	}
 	if _, err := parseLevel(c.LogLevel); err != nil {
 		return err
@@ -179,7 +195,8 @@ func (c *Config) engineConfig() worker.Config {
 func (c *Config) LogValue() slog.Value {
 	return slog.GroupValue(
 		slog.String("host", c.Host), slog.Int("port", c.Port), slog.String("data_dir", c.DataDir),
-		slog.String("state_store", c.StateStore), slog.String("feature_source", c.FeatureSource),
+		slog.String("state_store", c.StateStore), slog.String("project", c.Project),
+		slog.String("firestore_database", c.FirestoreDatabase), slog.String("firestore_prefix", c.FirestorePrefix), slog.String("feature_source", c.FeatureSource),
 		slog.String("prediction_sink", c.PredictionSink), slog.String("events", c.Events),
 		slog.Int("chunk_size", c.ChunkSize), slog.Int("concurrency", c.Concurrency),
 		slog.Duration("system_timeout", c.SystemTimeout), slog.String("system_timeouts", c.SystemTimeouts),

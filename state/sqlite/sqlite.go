@@ -248,8 +248,8 @@ func (s *Store) Claim(ctx context.Context, id, owner string, ttl time.Duration, 
 		case b.Status == state.StatusCompleted, b.Status == state.StatusFailed && !opts.Reopen:
 			out = b
 			return state.ErrFinished
-		case b.Lease.Live(now) && b.Lease.Owner != owner && !opts.Force &&
-			(opts.Replace == "" || opts.Replace != b.Lease.Owner):
+		case b.Lease.Live(now) && !opts.Force && (opts.Replace == "" || opts.Replace != b.Lease.Owner):
+			// Held, even by this owner: one owner never runs a batch twice.
 			out = b
 			return state.ErrLeaseHeld
 		}

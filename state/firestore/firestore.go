@@ -1,0 +1,630 @@
+// Package firestore is the Cloud Firestore state.Store.
+//
+// Layout, under a configurable collection prefix P:
+//
+//	P batches/{h}                  one document per batch: request, items,
+//	                               status, lease (owner, epoch, expiry)
+//	P batches/{h}/chunks/{c}       one document per committed chunk, created
+//	                               once, holding the cumulative progress
+//
+// {h} is a hash of the batch id and {c} a hash-prefixed chunk number, so
+// document ids are never monotonically increasing.
+//
+// Write budget: a checkpoint creates its chunk document and never writes the
+// batch document; only claims, renewals, release and finish do. Renewals come
+// every HEARTBEAT_INTERVAL, which the service requires to be at least 1 s with
+// this store, so the batch document sees at most one write per second in
+// steady state, while every chunk is durable the moment it commits (a crash
+// redoes at most one chunk).
+//
+// Every mutation runs in a transaction that reads the batch document first,
+// so a claim (which bumps the epoch) and a stale owner's checkpoint are
+// serialised: the stale one sees the new epoch and fails with ErrLeaseLost.
+// gRPC codes are translated into the state sentinels here; nothing above this
+// package sees gRPC.
+package firestore
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"cloud.google.com/go/firestore"
+	"github.com/cenkalti/backoff/v5"
+	"github.com/jonboulle/clockwork"
+	"google.golang.org/api/iterator"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/predworker/predworker/state"
+)
+
+// Options configures the store.
+type Options struct {
+	Project  string // GOOGLE_CLOUD_PROJECT
+	Database string // database id; "" is "(default)"
+	// Prefix is prepended to collection names so several deployments or
+	// tests can share one database.
+	Prefix string
+	Clock  clockwork.Clock // nil: real clock
+	// CallTimeout bounds every call (default 10 s).
+	CallTimeout time.Duration
+	// Retention is how long finished batches are kept before the TTL
+	// policy on expire_at deletes them (default 30 days).
+	Retention time.Duration
+	// OnWrite, when set, is called after each committed write with the
+	// written document's path (for write-budget tests and metrics).
+	OnWrite func(doc string)
+}
+
+// Store implements state.Store on Firestore.
+type Store struct {
+	client *firestore.Client
+	opts   Options
+	clock  clockwork.Clock
+}
+
+var _ state.Store = (*Store)(nil)
+
+// New connects to Firestore (or the emulator named by FIRESTORE_EMULATOR_HOST).
+func New(ctx context.Context, o Options) (*Store, error) {
+	if o.Project == "" {
+		return nil, errors.New("firestore: GOOGLE_CLOUD_PROJECT is required")
+	}
+	if o.Database == "" {
+		o.Database = firestore.DefaultDatabaseID
+	}
+	if o.Clock == nil {
+		o.Clock = clockwork.NewRealClock()
+	}
+	if o.CallTimeout <= 0 {
+		o.CallTimeout = 10 * time.Second
+	}
+	if o.Retention <= 0 {
+		o.Retention = 30 * 24 * time.Hour
+	}
+	c, err := firestore.NewClientWithDatabase(ctx, o.Project, o.Database)
+	if err != nil {
+		return nil, fmt.Errorf("firestore client for %s/%s: %w", o.Project, o.Database, translate(err))
+	}
+	return &Store{client: c, opts: o, clock: o.Clock}, nil
+}
+
+// Close implements state.Store.
+func (s *Store) Close() error { return s.client.Close() }
+
+type batchDoc struct {
+	BatchID      string     `firestore:"batch_id"`
+	Request      string     `firestore:"request"` // JSON of state.Request
+	Fingerprint  string     `firestore:"fingerprint"`
+	Items        []string   `firestore:"items"`
+	Status       string     `firestore:"status"`
+	Attempt      int64      `firestore:"attempt"`
+	LeaseOwner   string     `firestore:"lease_owner"`
+	LeaseEpoch   int64      `firestore:"lease_epoch"`
+	LeaseExpires int64      `firestore:"lease_expires"` // unix ns; 0 when released
+	HeartbeatAt  int64      `firestore:"heartbeat_at"`
+	Error        string     `firestore:"error"`
+	CreatedAt    int64      `firestore:"created_at"`
+	UpdatedAt    int64      `firestore:"updated_at"`
+	CompletedAt  int64      `firestore:"completed_at"`
+	ExpireAt     *time.Time `firestore:"expire_at"` // TTL policy field; set when finished
+}
+
+type chunkDoc struct {
+	Chunk       int64      `firestore:"chunk"`
+	DoneChunks  int64      `firestore:"done_chunks"`
+	DoneItems   int64      `firestore:"done_items"`
+	Predictions int64      `firestore:"predictions"`
+	Fallbacks   int64      `firestore:"fallbacks"`
+	FailedItems int64      `firestore:"failed_items"`
+	Owner       string     `firestore:"owner"`
+	Epoch       int64      `firestore:"epoch"`
+	CommittedAt int64      `firestore:"committed_at"`
+	ExpireAt    *time.Time `firestore:"expire_at"`
+}
+
+func hash(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(sum[:])
+}
+
+func (s *Store) batches() *firestore.CollectionRef {
+	return s.client.Collection(s.opts.Prefix + "batches")
+}
+
+func (s *Store) batchRef(id string) *firestore.DocumentRef { return s.batches().Doc(hash(id)[:24]) }
+
+func (s *Store) chunkRef(id string, chunk int) *firestore.DocumentRef {
+	n := strconv.Itoa(chunk)
+	return s.batchRef(id).Collection("chunks").Doc(hash(n)[:6] + "-" + n)
+}
+
+func fromNanos(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n).UTC()
+}
+
+func (d *batchDoc) batch() (state.Batch, error) {
+	b := state.Batch{
+		ID: d.BatchID, Fingerprint: d.Fingerprint, Items: d.Items, Status: state.Status(d.Status),
+		Attempt: int(d.Attempt), Error: d.Error,
+		Lease:       state.Lease{Owner: d.LeaseOwner, Epoch: d.LeaseEpoch, ExpiresAt: fromNanos(d.LeaseExpires)},
+		HeartbeatAt: fromNanos(d.HeartbeatAt), CreatedAt: fromNanos(d.CreatedAt),
+		UpdatedAt: fromNanos(d.UpdatedAt), CompletedAt: fromNanos(d.CompletedAt),
+	}
+	if err := json.Unmarshal([]byte(d.Request), &b.Request); err != nil {
+		return b, fmt.Errorf("decode request of %s: %w", d.BatchID, err)
+	}
+	return b, nil
+}
+
+func (c *chunkDoc) progress() state.Progress {
+	return state.Progress{DoneChunks: int(c.DoneChunks), DoneItems: int(c.DoneItems),
+		Predictions: int(c.Predictions), Fallbacks: int(c.Fallbacks), FailedItems: int(c.FailedItems)}
+}
+
+// ---------------------------------------------------------------------------
+// Errors, deadlines, retries
+
+// translate maps gRPC codes to the state sentinels. Errors that are not gRPC
+// statuses (our own sentinels, decode errors) pass through.
+func translate(err error) error {
+	if err == nil {
+		return nil
+	}
+	var es errSentinel
+	if errors.As(err, &es) {
+		return es.err
+	}
+	if errors.Is(err, context.Canceled) {
+		return err
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("%w: %w", state.ErrUnavailable, err)
+	}
+	st, ok := status.FromError(err)
+	if !ok {
+		return err
+	}
+	switch st.Code() {
+	case codes.NotFound:
+		return fmt.Errorf("%w: %w", state.ErrNotFound, err)
+	case codes.AlreadyExists:
+		return fmt.Errorf("%w: %w", state.ErrConflict, err)
+	case codes.Unavailable, codes.DeadlineExceeded, codes.ResourceExhausted, codes.Internal, codes.Unknown, codes.Aborted:
+		return fmt.Errorf("%w: %w", state.ErrUnavailable, err)
+	}
+	return err
+}
+
+// call runs fn under the call deadline, retrying unavailable errors with a
+// short backoff while the deadline allows.
+func (s *Store) call(ctx context.Context, op string, fn func(ctx context.Context) error) error {
+	ctx, cancel := context.WithTimeout(ctx, s.opts.CallTimeout)
+	defer cancel()
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval = 50 * time.Millisecond
+	b.MaxInterval = time.Second
+	_, err := backoff.Retry(ctx, func() (struct{}, error) {
+		err := translate(fn(ctx))
+		if err != nil && !errors.Is(err, state.ErrUnavailable) {
+			return struct{}{}, backoff.Permanent(err)
+		}
+		return struct{}{}, err
+	}, backoff.WithBackOff(b), backoff.WithMaxElapsedTime(s.opts.CallTimeout))
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, state.ErrUnavailable) {
+			err = fmt.Errorf("%w: %w", state.ErrUnavailable, err)
+		}
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	return nil
+}
+
+// tx runs fn in a transaction with generous contention retries, and reports
+// the written documents to OnWrite after the commit.
+func (s *Store) tx(ctx context.Context, op string, fn func(ctx context.Context, tx *firestore.Transaction, wrote func(*firestore.DocumentRef)) error) error {
+	var written []string
+	var mu sync.Mutex
+	err := s.call(ctx, op, func(ctx context.Context) error {
+		written = written[:0]
+		return s.client.RunTransaction(ctx, func(ctx context.Context, tx *firestore.Transaction) error {
+			mu.Lock()
+			written = written[:0]
+			mu.Unlock()
+			return fn(ctx, tx, func(r *firestore.DocumentRef) {
+				mu.Lock()
+				written = append(written, r.Path)
+				mu.Unlock()
+			})
+		}, firestore.MaxAttempts(25))
+	})
+	if err == nil && s.opts.OnWrite != nil {
+		for _, w := range written {
+			s.opts.OnWrite(w)
+		}
+	}
+	return err
+}
+
+// errSentinel carries a state sentinel out of a transaction untouched.
+type errSentinel struct{ err error }
+
+func (e errSentinel) Error() string { return e.err.Error() }
+func (e errSentinel) Unwrap() error { return e.err }
+
+// ---------------------------------------------------------------------------
+// Reads
+
+func (s *Store) readBatch(ctx context.Context, tx *firestore.Transaction, id string) (*batchDoc, error) {
+	var snap *firestore.DocumentSnapshot
+	var err error
+	if tx != nil {
+		snap, err = tx.Get(s.batchRef(id))
+	} else {
+		snap, err = s.batchRef(id).Get(ctx)
+	}
+	if status.Code(err) == codes.NotFound {
+		return nil, errSentinel{state.ErrNotFound}
+	}
+	if err != nil {
+		return nil, err
+	}
+	var d batchDoc
+	if err := snap.DataTo(&d); err != nil {
+		return nil, fmt.Errorf("decode batch %s: %w", id, err)
+	}
+	return &d, nil
+}
+
+// latestProgress reads the newest chunk document of a batch.
+func (s *Store) latestProgress(ctx context.Context, tx *firestore.Transaction, id string) (state.Progress, error) {
+	q := s.batchRef(id).Collection("chunks").OrderBy("chunk", firestore.Desc).Limit(1)
+	var it *firestore.DocumentIterator
+	if tx != nil {
+		it = tx.Documents(q)
+	} else {
+		it = q.Documents(ctx)
+	}
+	defer it.Stop()
+	snap, err := it.Next()
+	if errors.Is(err, iterator.Done) {
+		return state.Progress{}, nil
+	}
+	if err != nil {
+		return state.Progress{}, err
+	}
+	var c chunkDoc
+	if err := snap.DataTo(&c); err != nil {
+		return state.Progress{}, fmt.Errorf("decode chunk of %s: %w", id, err)
+	}
+	return c.progress(), nil
+}
+
+func (s *Store) full(ctx context.Context, tx *firestore.Transaction, d *batchDoc) (state.Batch, error) {
+	b, err := d.batch()
+	if err != nil {
+		return b, err
+	}
+	b.Progress, err = s.latestProgress(ctx, tx, d.BatchID)
+	return b, err
+}
+
+// Get implements state.Store.
+func (s *Store) Get(ctx context.Context, id string) (state.Batch, error) {
+	var b state.Batch
+	err := s.call(ctx, "get batch "+id, func(ctx context.Context) error {
+		d, err := s.readBatch(ctx, nil, id)
+		if err != nil {
+			return err
+		}
+		b, err = s.full(ctx, nil, d)
+		return err
+	})
+	return b, err
+}
+
+func (s *Store) queryBatches(ctx context.Context, op string, q firestore.Query) ([]state.Batch, error) {
+	var out []state.Batch
+	err := s.call(ctx, op, func(ctx context.Context) error {
+		out = out[:0]
+		docs, err := q.Documents(ctx).GetAll()
+		if err != nil {
+			return err
+		}
+		for _, snap := range docs {
+			var d batchDoc
+			if err := snap.DataTo(&d); err != nil {
+				return fmt.Errorf("decode %s: %w", snap.Ref.ID, err)
+			}
+			b, err := s.full(ctx, nil, &d)
+			if err != nil {
+				return err
+			}
+			out = append(out, b)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// List implements state.Store. With a status filter it needs the composite
+// index (status, created_at desc) from firestore.indexes.json.
+func (s *Store) List(ctx context.Context, f state.ListFilter) ([]state.Batch, error) {
+	limit := f.Limit
+	if limit <= 0 {
+		limit = 50
+	}
+	q := s.batches().Query
+	if f.Status != "" {
+		q = q.Where("status", "==", string(f.Status))
+	}
+	q = q.OrderBy("created_at", firestore.Desc).OrderBy("batch_id", firestore.Asc).Limit(limit)
+	return s.queryBatches(ctx, "list batches", q)
+}
+
+// Orphans implements state.Store: unfinished batches whose lease expired or
+// was released. Backed by the composite index (status, lease_expires).
+func (s *Store) Orphans(ctx context.Context, limit int) ([]state.Batch, error) {
+	if limit <= 0 {
+		limit = 50
+	}
+	q := s.batches().
+		Where("status", "in", []string{string(state.StatusPending), string(state.StatusRunning)}).
+		Where("lease_expires", "<=", s.clock.Now().UnixNano()).
+		OrderBy("lease_expires", firestore.Asc).Limit(limit)
+	return s.queryBatches(ctx, "find orphans", q)
+}
+
+// CountByStatus implements state.Store with one count aggregation per state.
+func (s *Store) CountByStatus(ctx context.Context) (map[state.Status]int, error) {
+	out := map[state.Status]int{}
+	for _, st := range []state.Status{state.StatusPending, state.StatusRunning, state.StatusCompleted, state.StatusFailed} {
+		err := s.call(ctx, "count batches", func(ctx context.Context) error {
+			q := s.batches().Where("status", "==", string(st))
+			res, err := q.NewAggregationQuery().WithCount("n").Get(ctx)
+			if err != nil {
+				return err
+			}
+			n, err := countOf(res["n"])
+			out[st] = n
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+func countOf(v any) (int, error) {
+	switch n := v.(type) {
+	case int64:
+		return int(n), nil
+	case interface{ GetIntegerValue() int64 }:
+		return int(n.GetIntegerValue()), nil
+	}
+	return 0, fmt.Errorf("count aggregation returned %T", v)
+}
+
+// Ping implements state.Store: a read of a document that need not exist.
+func (s *Store) Ping(ctx context.Context) error {
+	return s.call(ctx, "ping firestore", func(ctx context.Context) error {
+		_, err := s.client.Collection(s.opts.Prefix + "meta").Doc("ping").Get(ctx)
+		if status.Code(err) == codes.NotFound {
+			return nil
+		}
+		return err
+	})
+}
+
+// ---------------------------------------------------------------------------
+// Writes
+
+// Create implements state.Store.
+func (s *Store) Create(ctx context.Context, b state.Batch) (state.Batch, bool, error) {
+	req, err := json.Marshal(b.Request)
+	if err != nil {
+		return b, false, fmt.Errorf("encode request: %w", err)
+	}
+	if b.Fingerprint == "" {
+		b.Fingerprint = b.Request.Fingerprint()
+	}
+	items := b.Items
+	if items == nil {
+		items = []string{}
+	}
+	var (
+		out     state.Batch
+		created bool
+	)
+	err = s.tx(ctx, "create batch "+b.ID, func(ctx context.Context, tx *firestore.Transaction, wrote func(*firestore.DocumentRef)) error {
+		d, err := s.readBatch(ctx, tx, b.ID)
+		switch {
+		case err == nil:
+			created = false
+			if out, err = d.batch(); err != nil {
+				return err
+			}
+			if d.Fingerprint != b.Fingerprint {
+				return errSentinel{state.ErrConflict}
+			}
+			return nil
+		case !errors.Is(err, state.ErrNotFound):
+			return err
+		}
+		now := s.clock.Now().UnixNano()
+		nd := &batchDoc{BatchID: b.ID, Request: string(req), Fingerprint: b.Fingerprint, Items: items,
+			Status: string(state.StatusPending), CreatedAt: now, UpdatedAt: now}
+		if err := tx.Create(s.batchRef(b.ID), nd); err != nil {
+			return err
+		}
+		wrote(s.batchRef(b.ID))
+		created = true
+		out, err = nd.batch()
+		return err
+	})
+	if err != nil {
+		return out, false, err
+	}
+	return out, created, nil
+}
+
+// Claim implements state.Store.
+func (s *Store) Claim(ctx context.Context, id, owner string, ttl time.Duration, opts state.ClaimOptions) (state.Batch, error) {
+	var out state.Batch
+	err := s.tx(ctx, "claim batch "+id, func(ctx context.Context, tx *firestore.Transaction, wrote func(*firestore.DocumentRef)) error {
+		d, err := s.readBatch(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		if out, err = s.full(ctx, tx, d); err != nil {
+			return err
+		}
+		now := s.clock.Now()
+		switch {
+		case out.Status == state.StatusCompleted, out.Status == state.StatusFailed && !opts.Reopen:
+			return errSentinel{state.ErrFinished}
+		case out.Lease.Live(now) && !opts.Force && (opts.Replace == "" || opts.Replace != out.Lease.Owner):
+			// Held, even by this owner: one owner never runs a batch twice.
+			return errSentinel{state.ErrLeaseHeld}
+		}
+		d.Status, d.Error = string(state.StatusRunning), ""
+		d.LeaseOwner, d.LeaseEpoch = owner, d.LeaseEpoch+1
+		d.LeaseExpires, d.HeartbeatAt, d.UpdatedAt = now.Add(ttl).UnixNano(), now.UnixNano(), now.UnixNano()
+		d.Attempt++
+		if err := tx.Set(s.batchRef(id), d); err != nil {
+			return err
+		}
+		wrote(s.batchRef(id))
+		p := out.Progress
+		if out, err = d.batch(); err != nil {
+			return err
+		}
+		out.Progress = p
+		return nil
+	})
+	return out, err
+}
+
+// fenced reads the batch in tx and checks that (owner, epoch) still holds it.
+func (s *Store) fenced(ctx context.Context, tx *firestore.Transaction, id string, l state.Lease) (*batchDoc, error) {
+	d, err := s.readBatch(ctx, tx, id)
+	if err != nil {
+		return nil, err
+	}
+	if d.LeaseOwner != l.Owner || d.LeaseEpoch != l.Epoch || d.Status != string(state.StatusRunning) {
+		return nil, errSentinel{fmt.Errorf("owner %s, epoch %d: %w", l.Owner, l.Epoch, state.ErrLeaseLost)}
+	}
+	return d, nil
+}
+
+// Renew implements state.Store.
+func (s *Store) Renew(ctx context.Context, id string, l state.Lease, ttl time.Duration) (state.Lease, error) {
+	out := l
+	err := s.tx(ctx, "renew lease of "+id, func(ctx context.Context, tx *firestore.Transaction, wrote func(*firestore.DocumentRef)) error {
+		if _, err := s.fenced(ctx, tx, id, l); err != nil {
+			return err
+		}
+		now := s.clock.Now()
+		out.ExpiresAt = now.Add(ttl)
+		if err := tx.Update(s.batchRef(id), []firestore.Update{
+			{Path: "lease_expires", Value: out.ExpiresAt.UnixNano()},
+			{Path: "heartbeat_at", Value: now.UnixNano()},
+		}); err != nil {
+			return err
+		}
+		wrote(s.batchRef(id))
+		return nil
+	})
+	return out, err
+}
+
+// Checkpoint implements state.Store: the chunk's own document is created
+// (never updated), in a transaction that first checks the fence on the batch
+// document and that the chunk follows the last committed one. The batch
+// document is not written (write budget), so the returned lease is the
+// stored one, unchanged.
+func (s *Store) Checkpoint(ctx context.Context, id string, l state.Lease, p state.Progress, ttl time.Duration) (state.Lease, error) {
+	out := l
+	chunk := p.DoneChunks - 1
+	err := s.tx(ctx, "checkpoint batch "+id, func(ctx context.Context, tx *firestore.Transaction, wrote func(*firestore.DocumentRef)) error {
+		d, err := s.fenced(ctx, tx, id, l)
+		if err != nil {
+			return err
+		}
+		out.ExpiresAt = fromNanos(d.LeaseExpires)
+		cur, err := s.latestProgress(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		if chunk < 0 || cur.DoneChunks != chunk {
+			return errSentinel{fmt.Errorf("chunk %d does not follow %d committed chunks: %w", chunk, cur.DoneChunks, state.ErrLeaseLost)}
+		}
+		cd := &chunkDoc{Chunk: int64(chunk), DoneChunks: int64(p.DoneChunks), DoneItems: int64(p.DoneItems),
+			Predictions: int64(p.Predictions), Fallbacks: int64(p.Fallbacks), FailedItems: int64(p.FailedItems),
+			Owner: l.Owner, Epoch: l.Epoch, CommittedAt: s.clock.Now().UnixNano()}
+		if err := tx.Create(s.chunkRef(id, chunk), cd); err != nil {
+			return err
+		}
+		wrote(s.chunkRef(id, chunk))
+		return nil
+	})
+	if errors.Is(err, state.ErrConflict) { // the chunk document exists: a replay
+		return l, fmt.Errorf("checkpoint batch %s chunk %d: %w", id, chunk, state.ErrLeaseLost)
+	}
+	return out, err
+}
+
+// Finish implements state.Store. It stamps expire_at on the batch (and its
+// TTL policy then removes it after Retention); chunk documents carry no
+// expiry of their own and are removed with a TTL policy on the chunks
+// collection group's committed time or by the operator's cleanup.
+func (s *Store) Finish(ctx context.Context, id string, l state.Lease, st state.Status, errMsg string) error {
+	if !st.Finished() {
+		return fmt.Errorf("finish batch %s: %q is not a final state", id, st)
+	}
+	return s.tx(ctx, "finish batch "+id, func(ctx context.Context, tx *firestore.Transaction, wrote func(*firestore.DocumentRef)) error {
+		if _, err := s.fenced(ctx, tx, id, l); err != nil {
+			return err
+		}
+		now := s.clock.Now()
+		expire := now.Add(s.opts.Retention)
+		if err := tx.Update(s.batchRef(id), []firestore.Update{
+			{Path: "status", Value: string(st)}, {Path: "error", Value: errMsg},
+			{Path: "completed_at", Value: now.UnixNano()}, {Path: "updated_at", Value: now.UnixNano()},
+			{Path: "lease_owner", Value: ""}, {Path: "lease_expires", Value: int64(0)},
+			{Path: "expire_at", Value: expire},
+		}); err != nil {
+			return err
+		}
+		wrote(s.batchRef(id))
+		return nil
+	})
+}
+
+// Release implements state.Store.
+func (s *Store) Release(ctx context.Context, id string, l state.Lease) error {
+	return s.tx(ctx, "release batch "+id, func(ctx context.Context, tx *firestore.Transaction, wrote func(*firestore.DocumentRef)) error {
+		if _, err := s.fenced(ctx, tx, id, l); err != nil {
+			return err
+		}
+		if err := tx.Update(s.batchRef(id), []firestore.Update{
+			{Path: "lease_owner", Value: ""}, {Path: "lease_expires", Value: int64(0)},
+			{Path: "updated_at", Value: s.clock.Now().UnixNano()},
+		}); err != nil {
+			return err
+		}
+		wrote(s.batchRef(id))
+		return nil
+	})
+}
