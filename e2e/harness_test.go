@@ -44,20 +44,23 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "build worker:", err)
 		os.Exit(1)
 	}
-	emu, err := emulator.StartFirestore()
+	firestoreEmu, err = emulator.StartFirestore()
 	if err != nil {
 		firestoreSkip = err.Error()
 	}
 	code := m.Run()
-	if emu != nil {
-		emu.Stop()
+	if firestoreEmu != nil {
+		firestoreEmu.Stop()
 	}
 	_ = os.RemoveAll(dir)
 	os.Exit(code)
 }
 
 // firestoreSkip says why the Firestore emulator is unavailable ("" when it runs).
-var firestoreSkip string
+var (
+	firestoreSkip string
+	firestoreEmu  *emulator.Firestore
+)
 
 var prefixSeq atomic.Int64
 

@@ -570,9 +570,11 @@ func (s *Store) Checkpoint(ctx context.Context, id string, l state.Lease, p stat
 		if chunk < 0 || cur.DoneChunks != chunk {
 			return errSentinel{fmt.Errorf("chunk %d does not follow %d committed chunks: %w", chunk, cur.DoneChunks, state.ErrLeaseLost)}
 		}
+		now := s.clock.Now()
+		expire := now.Add(s.opts.Retention) // batches finish long before their chunks expire
 		cd := &chunkDoc{Chunk: int64(chunk), DoneChunks: int64(p.DoneChunks), DoneItems: int64(p.DoneItems),
 			Predictions: int64(p.Predictions), Fallbacks: int64(p.Fallbacks), FailedItems: int64(p.FailedItems),
-			Owner: l.Owner, Epoch: l.Epoch, CommittedAt: s.clock.Now().UnixNano()}
+			Owner: l.Owner, Epoch: l.Epoch, CommittedAt: now.UnixNano(), ExpireAt: &expire}
 		if err := tx.Create(s.chunkRef(id, chunk), cd); err != nil {
 			return err
 		}
@@ -585,10 +587,9 @@ func (s *Store) Checkpoint(ctx context.Context, id string, l state.Lease, p stat
 	return out, err
 }
 
-// Finish implements state.Store. It stamps expire_at on the batch (and its
-// TTL policy then removes it after Retention); chunk documents carry no
-// expiry of their own and are removed with a TTL policy on the chunks
-// collection group's committed time or by the operator's cleanup.
+// Finish implements state.Store. It stamps expire_at on the batch, so the TTL
+// policy on expire_at (firestore.indexes.json) removes it after Retention;
+// chunk documents carry their own expire_at, Retention after their commit.
 func (s *Store) Finish(ctx context.Context, id string, l state.Lease, st state.Status, errMsg string) error {
 	if !st.Finished() {
 		return fmt.Errorf("finish batch %s: %q is not a final state", id, st)
