@@ -72,7 +72,7 @@ func TestWriteBudget(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := worker.New(worker.Config{LeaseTTL: 3 * time.Second, HeartbeatInterval: time.Second, Faults: rules, Concurrency: 4},
+	e, err := worker.New(worker.Config{LeaseTTL: 10 * time.Second, HeartbeatInterval: time.Second, Faults: rules, Concurrency: 4},
 		worker.Deps{Store: store, Features: league.Default(), Sink: sink, Registry: reg})
 	if err != nil {
 		t.Fatal(err)
