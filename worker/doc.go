@@ -1,0 +1,44 @@
+// Package worker is the engine: it turns a stored batch into prediction rows,
+// chunk after chunk, and keeps the guarantees that make a crash at any
+// instant harmless.
+//
+// # Batch state machine
+//
+//	pending ──claim──▶ running ──last chunk checkpointed──▶ completed
+//	                    │  ▲
+//	   release (drain,  │  │ claim (sweeper, resume, redelivery)
+//	   interrupt) or    ▼  │
+//	   lease expiry ─▶ orphaned (running, no live lease)
+//	                    │
+//	                    └──permanent error──▶ failed ──resume (operator)──▶ running
+//
+// "Orphaned" is not a stored state: it is a running (or pending) batch whose
+// lease expired or was released; Store.Orphans finds them.
+//
+// # Lease invariants
+//
+//  1. Every claim bumps the epoch. Renew, Checkpoint, Finish and Release are
+//     conditioned on (owner, epoch): after a takeover the old owner can
+//     change nothing in the state store.
+//  2. The sink is idempotent by (batch, player, system) and fenced by epoch:
+//     a replayed chunk never adds a row, and once epoch E wrote, an older
+//     epoch cannot write at all.
+//  3. A chunk's rows are written before its checkpoint; a checkpoint
+//     advances DoneChunks by exactly one. So a crash loses at most the chunk
+//     in flight, and a committed chunk is never computed again.
+//  4. A run is sure of its lease until (time the last successful renewal was
+//     sent) + TTL − margin. When that passes without a renewal, the run
+//     cancels itself (self-fencing) before any other owner can claim.
+//  5. Interrupted runs (drain, cancelled context) release the lease on a
+//     context detached from the cancellation, so another owner resumes at
+//     once instead of waiting for expiry.
+//
+// # Per-call isolation
+//
+// Each (player, system) pair is one task in a bounded errgroup. Each system
+// call has its own deadline, runs behind the system's circuit breaker, and has
+// its panics recovered. Timeout, error, panic or an open breaker falls back
+// along the registry's chain; when the chain is exhausted the row is an
+// explicit failure record. A call that ignores its context is abandoned at the
+// deadline, so a hung system cannot hold a chunk past its timeout.
+package worker
