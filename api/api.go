@@ -19,6 +19,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
+	"github.com/predworker/predworker/events"
 	"github.com/predworker/predworker/state"
 	"github.com/predworker/predworker/systems"
 	"github.com/predworker/predworker/worker"
@@ -36,6 +37,9 @@ type Server struct {
 	metrics     http.Handler
 	log         *slog.Logger
 	project     string // for Cloud Logging trace ids
+	deadLetters events.DeadLetters
+	pushBudget  time.Duration
+	maxAttempts int
 }
 
 // Options configures New.
@@ -47,12 +51,26 @@ type Options struct {
 	Metrics     http.Handler
 	Logger      *slog.Logger
 	Project     string
+	// DeadLetters enables POST /pubsub/push and the dead-letter endpoints.
+	DeadLetters events.DeadLetters
+	// PushBudget is the longest a push request runs its batch (PUSH_BUDGET).
+	PushBudget time.Duration
+	// MaxAttempts is how many deliveries of one message an internal error
+	// may take before the message is dead-lettered (default 5).
+	MaxAttempts int
 }
 
 // New returns the server.
 func New(o Options) *Server {
+	if o.PushBudget <= 0 {
+		o.PushBudget = 540 * time.Second
+	}
+	if o.MaxAttempts <= 0 {
+		o.MaxAttempts = 5
+	}
 	return &Server{engine: o.Engine, runner: o.Runner, store: o.Store, predictions: o.Predictions,
-		metrics: o.Metrics, log: o.Logger, project: o.Project}
+		metrics: o.Metrics, log: o.Logger, project: o.Project, deadLetters: o.DeadLetters,
+		pushBudget: o.PushBudget, maxAttempts: o.MaxAttempts}
 }
 
 // Handler returns the router.
@@ -78,7 +96,14 @@ func (s *Server) Handler() http.Handler {
 		r.Post("/batches/{id}/resume", s.resumeBatch)
 		r.Get("/batches/{id}/predictions", s.batchPredictions)
 		r.Post("/sweep", s.sweep)
+		if s.deadLetters != nil {
+			r.Get("/dead-letters", s.listDeadLetters)
+			r.Post("/dead-letters/{id}/retry", s.retryDeadLetter)
+		}
 	})
+	if s.deadLetters != nil {
+		r.Post("/pubsub/push", s.push)
+	}
 	return r
 }
 

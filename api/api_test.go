@@ -16,6 +16,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/predworker/predworker/api"
+	"github.com/predworker/predworker/events"
+	eventssqlite "github.com/predworker/predworker/events/sqlite"
 	"github.com/predworker/predworker/state"
 	statesqlite "github.com/predworker/predworker/state/sqlite"
 	"github.com/predworker/predworker/systems"
@@ -29,10 +31,23 @@ import (
 type fixture struct {
 	srv    *httptest.Server
 	store  *statesqlite.Store
+	sink   *sinksqlite.Sink
+	dead   *eventssqlite.Store
 	runner *worker.Runner
 }
 
-func setup(t *testing.T) *fixture {
+// fixtureOpts varies the fixture: nil fields take the embedded defaults.
+type fixtureOpts struct {
+	features    systems.FeatureSource
+	register    func(*systems.Registry)
+	deadLetters events.DeadLetters
+	engine      worker.Config
+	pushBudget  time.Duration
+}
+
+func setup(t *testing.T) *fixture { return setupWith(t, fixtureOpts{}) }
+
+func setupWith(t *testing.T, o fixtureOpts) *fixture {
 	t.Helper()
 	dir := t.TempDir()
 	st, err := statesqlite.New(t.Context(), filepath.Join(dir, "state.db"), nil)
@@ -43,25 +58,42 @@ func setup(t *testing.T) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
+	dead, err := eventssqlite.New(t.Context(), filepath.Join(dir, "events.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	reg := systems.NewRegistry()
-	reg.Register(movingavg.New(), "")
-	reg.Register(zonematchup.New(), movingavg.ID)
+	if o.register != nil {
+		o.register(reg)
+	} else {
+		reg.Register(movingavg.New(), "")
+		reg.Register(zonematchup.New(), movingavg.ID)
+	}
+	if o.features == nil {
+		o.features = league.Default()
+	}
+	var dl events.DeadLetters = dead
+	if o.deadLetters != nil {
+		dl = o.deadLetters
+	}
 	promReg := prometheus.NewRegistry()
-	e, err := worker.New(worker.Config{}, worker.Deps{Store: st, Features: league.Default(), Sink: sk,
+	e, err := worker.New(o.engine, worker.Deps{Store: st, Features: o.features, Sink: sk,
 		Registry: reg, Metrics: worker.NewMetrics(promReg, st)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	r := worker.NewRunner(e)
 	srv := httptest.NewServer(api.New(api.Options{Engine: e, Runner: r, Store: st, Predictions: sk,
-		Metrics: promhttp.HandlerFor(promReg, promhttp.HandlerOpts{}), Logger: nil2discard()}).Handler())
+		Metrics: promhttp.HandlerFor(promReg, promhttp.HandlerOpts{}), Logger: nil2discard(),
+		DeadLetters: dl, PushBudget: o.pushBudget}).Handler())
 	t.Cleanup(func() {
 		srv.Close()
 		r.Drain(5 * time.Second)
 		_ = st.Close()
 		_ = sk.Close()
+		_ = dead.Close()
 	})
-	return &fixture{srv: srv, store: st, runner: r}
+	return &fixture{srv: srv, store: st, sink: sk, dead: dead, runner: r}
 }
 
 func do(t *testing.T, method, url, contentType, body string) (*http.Response, []byte) {

@@ -25,6 +25,10 @@ var (
 	ErrNoGames = errors.New("no games on that date")
 	// ErrUnknownDate: the date is outside what the source covers.
 	ErrUnknownDate = errors.New("date outside the feature store's season")
+	// ErrUnavailable: the feature source or sink could not be reached; retry.
+	// Adapters wrap their transient failures (5xx, rate limits, timeouts)
+	// with it so they are never mistaken for "no data".
+	ErrUnavailable = errors.New("feature source or sink unavailable")
 )
 
 // GameLog is one past game of a player, as the similarity systems see it.

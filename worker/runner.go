@@ -97,6 +97,37 @@ func (r *Runner) Start(b state.Batch) error {
 	return nil
 }
 
+// RunHere runs an already claimed batch in the caller's goroutine (a push
+// request), tracked like the background runs: a drain stops it after the chunk
+// in flight and abandons it at the end of the budget, and the lease is
+// released either way.
+func (r *Runner) RunHere(ctx context.Context, b state.Batch) (state.Batch, error) {
+	r.mu.Lock()
+	if r.draining || r.active[b.ID] {
+		r.mu.Unlock()
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		defer cancel()
+		if err := r.engine.store.Release(rctx, b.ID, b.Lease); err != nil && !errors.Is(err, state.ErrLeaseLost) {
+			r.log.Error("release lease of a batch not started", slog.String("batch_id", b.ID), logging.Err(err))
+		}
+		return b, ErrDraining
+	}
+	r.active[b.ID] = true
+	r.wg.Add(1)
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		delete(r.active, b.ID)
+		r.mu.Unlock()
+		r.wg.Done()
+	}()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(r.hardCtx, cancel)
+	defer stop()
+	return r.engine.RunClaimed(ctx, b, RunOptions{Stop: r.soft})
+}
+
 // Resume claims batch id and runs it in the background.
 func (r *Runner) Resume(ctx context.Context, id string, opts state.ClaimOptions) (state.Batch, error) {
 	if r.Draining() {

@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/predworker/predworker/api"
+	eventssqlite "github.com/predworker/predworker/events/sqlite"
 	"github.com/predworker/predworker/logging"
 	"github.com/predworker/predworker/state"
 	statefirestore "github.com/predworker/predworker/state/firestore"
@@ -54,6 +55,7 @@ func newLogger(cfg *Config, w io.Writer, quiet bool) (*slog.Logger, error) {
 type app struct {
 	store    state.Store
 	sink     *sinksqlite.Sink
+	dead     *eventssqlite.Store
 	engine   *worker.Engine
 	registry *prometheus.Registry
 	log      *slog.Logger
@@ -79,6 +81,10 @@ func newApp(ctx context.Context, cfg *Config, log *slog.Logger) (*app, error) {
 	if err != nil {
 		return nil, errors.Join(err, store.Close())
 	}
+	dead, err := eventssqlite.New(ctx, filepath.Join(cfg.DataDir, "events.db"))
+	if err != nil {
+		return nil, errors.Join(err, sink.Close(), store.Close())
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	engine, err := worker.New(cfg.engineConfig(), worker.Deps{
@@ -86,9 +92,9 @@ func newApp(ctx context.Context, cfg *Config, log *slog.Logger) (*app, error) {
 		Logger: log, Metrics: worker.NewMetrics(reg, store),
 	})
 	if err != nil {
-		return nil, errors.Join(err, sink.Close(), store.Close())
+		return nil, errors.Join(err, dead.Close(), sink.Close(), store.Close())
 	}
-	return &app{store: store, sink: sink, engine: engine, registry: reg, log: log}, nil
+	return &app{store: store, sink: sink, dead: dead, engine: engine, registry: reg, log: log}, nil
 }
 
 func newStore(ctx context.Context, cfg *Config) (state.Store, error) {
@@ -101,7 +107,7 @@ func newStore(ctx context.Context, cfg *Config) (state.Store, error) {
 	}
 }
 
-func (a *app) Close() error { return errors.Join(a.sink.Close(), a.store.Close()) }
+func (a *app) Close() error { return errors.Join(a.dead.Close(), a.sink.Close(), a.store.Close()) }
 
 // serve runs the HTTP service until ctx ends, then drains.
 func serve(ctx context.Context, stopSignals func(), cfg *Config, log *slog.Logger) error {
@@ -117,7 +123,8 @@ func serve(ctx context.Context, stopSignals func(), cfg *Config, log *slog.Logge
 	runner := worker.NewRunner(a.engine)
 	srv := &http.Server{
 		Handler: api.New(api.Options{Engine: a.engine, Runner: runner, Store: a.store, Predictions: a.sink,
-			Metrics: promhttp.HandlerFor(a.registry, promhttp.HandlerOpts{}), Logger: log, Project: cfg.Project}).Handler(),
+			Metrics: promhttp.HandlerFor(a.registry, promhttp.HandlerOpts{}), Logger: log, Project: cfg.Project,
+			DeadLetters: a.dead, PushBudget: cfg.PushBudget, MaxAttempts: cfg.MaxAttempts}).Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}

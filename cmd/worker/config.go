@@ -40,6 +40,7 @@ type Config struct {
 	SweepInterval     time.Duration `env:"SWEEP_INTERVAL, default=15s"`
 	DrainTimeout      time.Duration `env:"DRAIN_TIMEOUT, default=8s"`
 	PushBudget        time.Duration `env:"PUSH_BUDGET, default=540s"`
+	MaxAttempts       int           `env:"MAX_DELIVERY_ATTEMPTS, default=5"`
 	BreakerFailures   int           `env:"BREAKER_FAILURES, default=5"`
 	BreakerCooldown   time.Duration `env:"BREAKER_COOLDOWN, default=10s"`
 	Faults            string        `env:"FAULTS"`
@@ -124,6 +125,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("DRAIN_TIMEOUT must be under 10s on Cloud Run, which kills 10s after SIGTERM (got %s)", c.DrainTimeout)
 	case c.PushBudget > 600*time.Second:
 		return fmt.Errorf("PUSH_BUDGET must be at most 600s, Pub/Sub's longest ack deadline (got %s)", c.PushBudget)
+	case c.MaxAttempts < 1 || c.MaxAttempts > 100:
+		return fmt.Errorf("MAX_DELIVERY_ATTEMPTS must be from 1 to 100 (got %d)", c.MaxAttempts)
 	case c.BreakerFailures < 1:
 		return fmt.Errorf("BREAKER_FAILURES must be at least 1 (got %d)", c.BreakerFailures)
 	}
@@ -202,6 +205,6 @@ func (c *Config) LogValue() slog.Value {
 		slog.Duration("system_timeout", c.SystemTimeout), slog.String("system_timeouts", c.SystemTimeouts),
 		slog.Duration("lease_ttl", c.LeaseTTL), slog.Duration("heartbeat_interval", c.HeartbeatInterval),
 		slog.Duration("sweep_interval", c.SweepInterval), slog.Duration("drain_timeout", c.DrainTimeout),
-		slog.Duration("push_budget", c.PushBudget), slog.String("faults", c.Faults),
+		slog.Duration("push_budget", c.PushBudget), slog.Int("max_delivery_attempts", c.MaxAttempts), slog.String("faults", c.Faults),
 	)
 }

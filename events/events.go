@@ -1,0 +1,60 @@
+// Package events owns what the worker tells the outside world besides rows:
+// dead letters (messages it could not process and will not retry) and the
+// per-message attempt counts that bound retries when Pub/Sub does not send
+// deliveryAttempt.
+package events
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"time"
+)
+
+// ErrNotFound: no dead letter with that id.
+var ErrNotFound = errors.New("dead letter not found")
+
+// DeadLetter is a message that failed permanently, kept with its raw bytes so
+// an operator can inspect and re-drive it.
+type DeadLetter struct {
+	ID           string     `json:"id"`
+	Class        string     `json:"error_class"`
+	Error        string     `json:"error"`
+	MessageID    string     `json:"message_id"`
+	Subscription string     `json:"subscription,omitempty"`
+	Attempt      int        `json:"attempt"`
+	BatchID      string     `json:"batch_id,omitempty"`
+	Raw          []byte     `json:"raw"` // the request body as received (base64 in JSON)
+	CreatedAt    time.Time  `json:"created_at"`
+	Retries      int        `json:"retries"`
+	RetriedAt    *time.Time `json:"retried_at"`
+}
+
+// DeadLetterID names a dead letter: one per Pub/Sub message id (so
+// redeliveries of one poison message dead-letter it once), or per body when
+// there is no message id.
+func DeadLetterID(messageID string, raw []byte) string {
+	var sum [32]byte
+	if messageID != "" {
+		sum = sha256.Sum256([]byte("msg:" + messageID))
+	} else {
+		sum = sha256.Sum256(append([]byte("raw:"), raw...))
+	}
+	return hex.EncodeToString(sum[:12])
+}
+
+// DeadLetters stores dead letters and attempt counts.
+type DeadLetters interface {
+	// Put stores d unless a dead letter with its id exists; it reports
+	// whether this call stored it.
+	Put(ctx context.Context, d DeadLetter) (bool, error)
+	// List returns dead letters, newest first.
+	List(ctx context.Context, limit int) ([]DeadLetter, error)
+	// Get returns one, or ErrNotFound.
+	Get(ctx context.Context, id string) (DeadLetter, error)
+	// MarkRetried records a re-drive.
+	MarkRetried(ctx context.Context, id string) error
+	// Attempt counts one more delivery of messageID and returns the count.
+	Attempt(ctx context.Context, messageID string) (int, error)
+}
