@@ -40,6 +40,7 @@ type Server struct {
 	deadLetters events.DeadLetters
 	pushBudget  time.Duration
 	maxAttempts int
+	auth        Auth
 }
 
 // Options configures New.
@@ -58,6 +59,9 @@ type Options struct {
 	// MaxAttempts is how many deliveries of one message an internal error
 	// may take before the message is dead-lettered (default 5).
 	MaxAttempts int
+	// Auth guards the push endpoint and the operator API. Health,
+	// readiness and metrics stay open.
+	Auth Auth
 }
 
 // New returns the server.
@@ -70,7 +74,7 @@ func New(o Options) *Server {
 	}
 	return &Server{engine: o.Engine, runner: o.Runner, store: o.Store, predictions: o.Predictions,
 		metrics: o.Metrics, log: o.Logger, project: o.Project, deadLetters: o.DeadLetters,
-		pushBudget: o.PushBudget, maxAttempts: o.MaxAttempts}
+		pushBudget: o.PushBudget, maxAttempts: o.MaxAttempts, auth: o.Auth}
 }
 
 // Handler returns the router.
@@ -90,6 +94,7 @@ func (s *Server) Handler() http.Handler {
 		r.Method(http.MethodGet, "/metrics", s.metrics)
 	}
 	r.Route("/v1", func(r chi.Router) {
+		r.Use(s.requireOperator)
 		r.Post("/batches", s.createBatch)
 		r.Get("/batches", s.listBatches)
 		r.Get("/batches/{id}", s.getBatch)
@@ -102,7 +107,7 @@ func (s *Server) Handler() http.Handler {
 		}
 	})
 	if s.deadLetters != nil {
-		r.Post("/pubsub/push", s.push)
+		r.With(s.requirePush).Post("/pubsub/push", s.push)
 	}
 	return r
 }

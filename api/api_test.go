@@ -43,6 +43,7 @@ type fixtureOpts struct {
 	deadLetters events.DeadLetters
 	engine      worker.Config
 	pushBudget  time.Duration
+	auth        api.Auth
 }
 
 func setup(t *testing.T) *fixture { return setupWith(t, fixtureOpts{}) }
@@ -85,7 +86,7 @@ func setupWith(t *testing.T, o fixtureOpts) *fixture {
 	r := worker.NewRunner(e)
 	srv := httptest.NewServer(api.New(api.Options{Engine: e, Runner: r, Store: st, Predictions: sk,
 		Metrics: promhttp.HandlerFor(promReg, promhttp.HandlerOpts{}), Logger: nil2discard(),
-		DeadLetters: dl, PushBudget: o.pushBudget}).Handler())
+		DeadLetters: dl, PushBudget: o.pushBudget, Auth: o.auth}).Handler())
 	t.Cleanup(func() {
 		srv.Close()
 		r.Drain(5 * time.Second)
@@ -327,3 +328,5 @@ func TestProbes(t *testing.T) {
 }
 
 func nil2discard() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+func stringsReader(s string) *strings.Reader { return strings.NewReader(s) }

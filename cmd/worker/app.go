@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/api/idtoken"
 
 	"github.com/predworker/predworker/api"
 	eventssqlite "github.com/predworker/predworker/events/sqlite"
@@ -109,6 +110,25 @@ func newStore(ctx context.Context, cfg *Config) (state.Store, error) {
 
 func (a *app) Close() error { return errors.Join(a.dead.Close(), a.sink.Close(), a.store.Close()) }
 
+// newAuth builds the authentication policies from the configuration.
+func newAuth(ctx context.Context, cfg *Config) (api.Auth, error) {
+	a := api.Auth{OperatorToken: cfg.OperatorToken}
+	if cfg.PushAudience != "" {
+		a.Push = &api.OIDCPolicy{Audience: cfg.PushAudience, Emails: cfg.PushServiceAccounts}
+	}
+	if cfg.OperatorAudience != "" {
+		a.Operator = &api.OIDCPolicy{Audience: cfg.OperatorAudience, Emails: cfg.OperatorEmails}
+	}
+	if a.Push != nil || a.Operator != nil {
+		v, err := idtoken.NewValidator(ctx)
+		if err != nil {
+			return a, fmt.Errorf("ID token validator: %w", err)
+		}
+		a.Validator = v
+	}
+	return a, nil
+}
+
 // serve runs the HTTP service until ctx ends, then drains.
 func serve(ctx context.Context, stopSignals func(), cfg *Config, log *slog.Logger) error {
 	a, err := newApp(ctx, cfg, log)
@@ -121,10 +141,14 @@ func serve(ctx context.Context, stopSignals func(), cfg *Config, log *slog.Logge
 		}
 	}()
 	runner := worker.NewRunner(a.engine)
+	auth, err := newAuth(ctx, cfg)
+	if err != nil {
+		return err
+	}
 	srv := &http.Server{
 		Handler: api.New(api.Options{Engine: a.engine, Runner: runner, Store: a.store, Predictions: a.sink,
 			Metrics: promhttp.HandlerFor(a.registry, promhttp.HandlerOpts{}), Logger: log, Project: cfg.Project,
-			DeadLetters: a.dead, PushBudget: cfg.PushBudget, MaxAttempts: cfg.MaxAttempts}).Handler(),
+			DeadLetters: a.dead, PushBudget: cfg.PushBudget, MaxAttempts: cfg.MaxAttempts, Auth: auth}).Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}

@@ -45,6 +45,16 @@ type Config struct {
 	BreakerCooldown   time.Duration `env:"BREAKER_COOLDOWN, default=10s"`
 	Faults            string        `env:"FAULTS"`
 
+	// Authentication. Push: Pub/Sub's OIDC token for this audience from one
+	// of these service accounts. Operator API: a static bearer token and/or
+	// an ID token for OPERATOR_AUDIENCE from one of OPERATOR_EMAILS.
+	PushAudience         string   `env:"PUSH_AUDIENCE"`
+	PushServiceAccounts  []string `env:"PUSH_SERVICE_ACCOUNTS"`
+	OperatorAudience     string   `env:"OPERATOR_AUDIENCE"`
+	OperatorEmails       []string `env:"OPERATOR_EMAILS"`
+	OperatorToken        string   `env:"OPERATOR_TOKEN"`
+	AllowUnauthenticated bool     `env:"ALLOW_UNAUTHENTICATED, default=false"`
+
 	LogLevel  string `env:"LOG_LEVEL, default=info"`
 	LogFormat string `env:"LOG_FORMAT, default=json"`
 
@@ -153,6 +163,25 @@ func (c *Config) validate() error {
 	if !prefixPattern.MatchString(c.FirestorePrefix) {
 		return fmt.Errorf("FIRESTORE_PREFIX must be up to 64 characters of A-Z, a-z, 0-9, _ and - (got %q)", c.FirestorePrefix)
 	}
+	switch {
+	case c.PushAudience != "" && len(c.PushServiceAccounts) == 0:
+		return fmt.Errorf("PUSH_SERVICE_ACCOUNTS must name the push subscription's service account when PUSH_AUDIENCE is set")
+	case c.PushAudience == "" && len(c.PushServiceAccounts) > 0:
+		return fmt.Errorf("PUSH_AUDIENCE must be set when PUSH_SERVICE_ACCOUNTS is")
+	case c.OperatorAudience != "" && len(c.OperatorEmails) == 0:
+		return fmt.Errorf("OPERATOR_EMAILS must list the allowed identities when OPERATOR_AUDIENCE is set")
+	case c.OperatorAudience == "" && len(c.OperatorEmails) > 0:
+		return fmt.Errorf("OPERATOR_AUDIENCE must be set when OPERATOR_EMAILS is")
+	case c.OperatorToken != "" && len(c.OperatorToken) < 16:
+		return fmt.Errorf("OPERATOR_TOKEN must be at least 16 characters")
+	}
+	pushOpen := c.PushAudience == ""
+	opsOpen := c.OperatorAudience == "" && c.OperatorToken == ""
+	if c.Service != "" && (pushOpen || opsOpen) && !c.AllowUnauthenticated {
+		return fmt.Errorf("on Cloud Run (K_SERVICE is set) the push endpoint and the operator API need authentication: " +
+			"set PUSH_AUDIENCE and PUSH_SERVICE_ACCOUNTS, and OPERATOR_TOKEN or OPERATOR_AUDIENCE with OPERATOR_EMAILS; " +
+			"or set ALLOW_UNAUTHENTICATED=true to run without")
+	}
 	if _, err := parseLevel(c.LogLevel); err != nil {
 		return err
 	}
@@ -205,6 +234,8 @@ func (c *Config) LogValue() slog.Value {
 		slog.Duration("system_timeout", c.SystemTimeout), slog.String("system_timeouts", c.SystemTimeouts),
 		slog.Duration("lease_ttl", c.LeaseTTL), slog.Duration("heartbeat_interval", c.HeartbeatInterval),
 		slog.Duration("sweep_interval", c.SweepInterval), slog.Duration("drain_timeout", c.DrainTimeout),
+		slog.Bool("push_auth", c.PushAudience != ""), slog.Bool("operator_oidc", c.OperatorAudience != ""),
+		slog.Bool("operator_token", c.OperatorToken != ""), slog.Bool("allow_unauthenticated", c.AllowUnauthenticated),
 		slog.Duration("push_budget", c.PushBudget), slog.Int("max_delivery_attempts", c.MaxAttempts), slog.String("faults", c.Faults),
 	)
 }

@@ -20,7 +20,9 @@ func TestConfigDefaults(t *testing.T) {
 		c.SystemTimeout != 2*time.Second || c.LogFormat != "json" || c.LogLevel != "info" {
 		t.Fatalf("defaults = %+v", c)
 	}
-	c, err = LoadConfig(t.Context(), envconfig.MapLookuper(map[string]string{"K_SERVICE": "predworker"}))
+	c, err = LoadConfig(t.Context(), envconfig.MapLookuper(map[string]string{"K_SERVICE": "predworker",
+		"PUSH_AUDIENCE": "https://svc/pubsub/push", "PUSH_SERVICE_ACCOUNTS": "push@p.iam.gserviceaccount.com",
+		"OPERATOR_TOKEN": "0123456789abcdef0123"}))
 	if err != nil || c.Host != "0.0.0.0" {
 		t.Fatalf("on Cloud Run host = %q, %v; want 0.0.0.0", c.Host, err)
 	}
@@ -51,7 +53,13 @@ func TestConfigRejects(t *testing.T) {
 		{map[string]string{"SYSTEM_TIMEOUTS": "moving_average"}, "SYSTEM_TIMEOUTS"},
 		{map[string]string{"PUSH_BUDGET": "11m"}, "PUSH_BUDGET"},
 		{map[string]string{"PORT": "70000"}, "PORT"},
-		{map[string]string{"K_SERVICE": "x", "DRAIN_TIMEOUT": "12s"}, "DRAIN_TIMEOUT"},
+		{map[string]string{"K_SERVICE": "x", "DRAIN_TIMEOUT": "12s", "ALLOW_UNAUTHENTICATED": "true"}, "DRAIN_TIMEOUT"},
+		{map[string]string{"K_SERVICE": "x"}, "need authentication"},
+		{map[string]string{"K_SERVICE": "x", "PUSH_AUDIENCE": "https://a", "PUSH_SERVICE_ACCOUNTS": "sa@p.iam.gserviceaccount.com"}, "need authentication"},
+		{map[string]string{"PUSH_AUDIENCE": "https://a"}, "PUSH_SERVICE_ACCOUNTS"},
+		{map[string]string{"OPERATOR_EMAILS": "a@b.c"}, "OPERATOR_AUDIENCE"},
+		{map[string]string{"OPERATOR_TOKEN": "short"}, "OPERATOR_TOKEN"},
+		{map[string]string{"MAX_DELIVERY_ATTEMPTS": "0"}, "MAX_DELIVERY_ATTEMPTS"},
 	} {
 		_, err := LoadConfig(t.Context(), envconfig.MapLookuper(tc.env))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

@@ -1,0 +1,114 @@
+package api
+
+import (
+	"context"
+	"crypto/subtle"
+	"net/http"
+	"slices"
+	"strings"
+
+	"google.golang.org/api/idtoken"
+
+	"github.com/predworker/predworker/logging"
+)
+
+// TokenValidator checks a Google-signed ID token's signature, expiry and
+// audience (idtoken.Validator does).
+type TokenValidator interface {
+	Validate(ctx context.Context, token, audience string) (*idtoken.Payload, error)
+}
+
+// OIDCPolicy says which Google-signed identities may call.
+type OIDCPolicy struct {
+	Audience string   // the aud the token must carry
+	Emails   []string // allowed principals (service accounts, users)
+}
+
+// Auth configures authentication. A nil policy (and an empty token) leaves
+// that surface open; the service refuses to start that way on Cloud Run
+// unless ALLOW_UNAUTHENTICATED=true.
+type Auth struct {
+	Validator TokenValidator
+	// Push guards POST /pubsub/push: Pub/Sub's OIDC token.
+	Push *OIDCPolicy
+	// Operator guards /v1/*: an ID token of an allowed identity, or
+	// OperatorToken as a static bearer token.
+	Operator      *OIDCPolicy
+	OperatorToken string
+}
+
+var googleIssuers = []string{"https://accounts.google.com", "accounts.google.com"}
+
+func bearer(r *http.Request) string {
+	h := r.Header.Get("Authorization")
+	if len(h) > 7 && strings.EqualFold(h[:7], "Bearer ") {
+		return strings.TrimSpace(h[7:])
+	}
+	return ""
+}
+
+// verify checks a bearer ID token against p. idtoken checks signature,
+// expiry and audience; issuer, email and email_verified are checked here.
+func (a *Auth) verify(ctx context.Context, token string, p *OIDCPolicy) *Error {
+	if token == "" {
+		return &Error{Status: http.StatusUnauthorized, Code: "unauthenticated", Message: "a bearer token is required"}
+	}
+	payload, err := a.Validator.Validate(ctx, token, p.Audience)
+	if err != nil {
+		return &Error{Status: http.StatusUnauthorized, Code: "unauthenticated", Message: "the token is not valid"}
+	}
+	if !slices.Contains(googleIssuers, payload.Issuer) {
+		return &Error{Status: http.StatusUnauthorized, Code: "unauthenticated", Message: "the token was not issued by Google"}
+	}
+	email, _ := payload.Claims["email"].(string)
+	verified, _ := payload.Claims["email_verified"].(bool)
+	if email == "" || !verified || !slices.Contains(p.Emails, email) {
+		return &Error{Status: http.StatusForbidden, Code: "permission_denied", Message: "this identity may not call this endpoint"}
+	}
+	return nil
+}
+
+// requirePush guards the push endpoint.
+func (s *Server) requirePush(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.auth.Push != nil {
+			if ae := s.auth.verify(r.Context(), bearer(r), s.auth.Push); ae != nil {
+				logging.FromContext(r.Context(), s.log).Warn("push refused", "code", ae.Code)
+				s.writeError(w, r, ae)
+				return
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// requireOperator guards the operator API.
+func (s *Server) requireOperator(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.auth.Operator == nil && s.auth.OperatorToken == "" {
+			next.ServeHTTP(w, r)
+			return
+		}
+		token := bearer(r)
+		if s.auth.OperatorToken != "" && token != "" &&
+			subtle.ConstantTimeCompare([]byte(token), []byte(s.auth.OperatorToken)) == 1 {
+			next.ServeHTTP(w, r)
+			return
+		}
+		var ae *Error
+		switch {
+		case s.auth.Operator != nil:
+			ae = s.auth.verify(r.Context(), token, s.auth.Operator)
+		case token == "":
+			ae = &Error{Status: http.StatusUnauthorized, Code: "unauthenticated", Message: "a bearer token is required"}
+		default:
+			ae = &Error{Status: http.StatusUnauthorized, Code: "unauthenticated", Message: "the token is not valid"}
+		}
+		if ae != nil {
+			logging.FromContext(r.Context(), s.log).Warn("operator request refused", "code", ae.Code)
+			s.writeError(w, r, ae)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
