@@ -29,6 +29,8 @@ type DeadLetter struct {
 	CreatedAt    time.Time  `json:"created_at"`
 	Retries      int        `json:"retries"`
 	RetriedAt    *time.Time `json:"retried_at"`
+	// PublishedAt is when the dead-letter topic confirmed it (EVENTS=pubsub).
+	PublishedAt *time.Time `json:"published_at"`
 }
 
 // DeadLetterID names a dead letter: one per Pub/Sub message id (so
@@ -55,6 +57,8 @@ type DeadLetters interface {
 	Get(ctx context.Context, id string) (DeadLetter, error)
 	// MarkRetried records a re-drive.
 	MarkRetried(ctx context.Context, id string) error
+	// MarkPublished records that the dead-letter topic confirmed it.
+	MarkPublished(ctx context.Context, id string) error
 	// Attempt counts one more delivery of messageID and returns the count.
 	Attempt(ctx context.Context, messageID string) (int, error)
 }

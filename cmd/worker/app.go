@@ -18,7 +18,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/api/idtoken"
 
+	"cloud.google.com/go/pubsub/v2"
+
 	"github.com/predworker/predworker/api"
+	"github.com/predworker/predworker/events"
+	pspub "github.com/predworker/predworker/events/pubsub"
 	eventssqlite "github.com/predworker/predworker/events/sqlite"
 	"github.com/predworker/predworker/logging"
 	"github.com/predworker/predworker/state"
@@ -54,12 +58,17 @@ func newLogger(cfg *Config, w io.Writer, quiet bool) (*slog.Logger, error) {
 
 // app is the wired program: backends, engine, metrics.
 type app struct {
-	store    state.Store
-	sink     *sinksqlite.Sink
-	dead     *eventssqlite.Store
-	engine   *worker.Engine
-	registry *prometheus.Registry
-	log      *slog.Logger
+	store state.Store
+	sink  *sinksqlite.Sink
+	dead  *eventssqlite.Store
+	// deadLetters is dead (plus publication to the dead-letter topic with
+	// EVENTS=pubsub); publisher delivers completion events.
+	deadLetters events.DeadLetters
+	publisher   worker.Publisher
+	closeEvents func() error
+	engine      *worker.Engine
+	registry    *prometheus.Registry
+	log         *slog.Logger
 }
 
 // registry lists the systems this build runs and their fallbacks.
@@ -95,7 +104,19 @@ func newApp(ctx context.Context, cfg *Config, log *slog.Logger) (*app, error) {
 	if err != nil {
 		return nil, errors.Join(err, dead.Close(), sink.Close(), store.Close())
 	}
-	return &app{store: store, sink: sink, dead: dead, engine: engine, registry: reg, log: log}, nil
+	a := &app{store: store, sink: sink, dead: dead, engine: engine, registry: reg, log: log,
+		deadLetters: dead, publisher: worker.LogPublisher{Log: log}, closeEvents: func() error { return nil }}
+	if cfg.Events == "pubsub" {
+		client, err := pubsub.NewClient(ctx, cfg.Project)
+		if err != nil {
+			return nil, errors.Join(fmt.Errorf("pubsub client: %w", err), a.Close())
+		}
+		pub := pspub.New(client, cfg.CompletionTopic, cfg.DeadLetterTopic)
+		a.publisher = pub
+		a.deadLetters = pspub.DeadLetters{DeadLetters: dead, Pub: pub}
+		a.closeEvents = func() error { pub.Stop(); return client.Close() }
+	}
+	return a, nil
 }
 
 func newStore(ctx context.Context, cfg *Config) (state.Store, error) {
@@ -108,7 +129,13 @@ func newStore(ctx context.Context, cfg *Config) (state.Store, error) {
 	}
 }
 
-func (a *app) Close() error { return errors.Join(a.dead.Close(), a.sink.Close(), a.store.Close()) }
+func (a *app) Close() error {
+	var closeEvents error
+	if a.closeEvents != nil {
+		closeEvents = a.closeEvents()
+	}
+	return errors.Join(closeEvents, a.dead.Close(), a.sink.Close(), a.store.Close())
+}
 
 // newAuth builds the authentication policies from the configuration.
 func newAuth(ctx context.Context, cfg *Config) (api.Auth, error) {
@@ -148,7 +175,7 @@ func serve(ctx context.Context, stopSignals func(), cfg *Config, log *slog.Logge
 	srv := &http.Server{
 		Handler: api.New(api.Options{Engine: a.engine, Runner: runner, Store: a.store, Predictions: a.sink,
 			Metrics: promhttp.HandlerFor(a.registry, promhttp.HandlerOpts{}), Logger: log, Project: cfg.Project,
-			DeadLetters: a.dead, PushBudget: cfg.PushBudget, MaxAttempts: cfg.MaxAttempts, Auth: auth}).Handler(),
+			DeadLetters: a.deadLetters, PushBudget: cfg.PushBudget, MaxAttempts: cfg.MaxAttempts, Auth: auth}).Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
@@ -163,6 +190,10 @@ func serve(ctx context.Context, stopSignals func(), cfg *Config, log *slog.Logge
 	sweepCtx, stopSweep := context.WithCancel(context.Background())
 	sweepDone := make(chan struct{})
 	go func() { defer close(sweepDone); runner.SweepLoop(sweepCtx) }()
+	outboxCtx, stopOutbox := context.WithCancel(context.Background())
+	outboxDone := make(chan struct{})
+	go func() { defer close(outboxDone); runner.OutboxLoop(outboxCtx, a.publisher, time.Second) }()
+	defer func() { stopOutbox(); <-outboxDone }()
 
 	select {
 	case err := <-serveErr:

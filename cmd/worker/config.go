@@ -30,6 +30,9 @@ type Config struct {
 	// or test runs can share one database.
 	FirestoreDatabase string `env:"FIRESTORE_DATABASE, default=(default)"`
 	FirestorePrefix   string `env:"FIRESTORE_PREFIX"`
+	// Pub/Sub topics for EVENTS=pubsub (ids in GOOGLE_CLOUD_PROJECT, or full names).
+	CompletionTopic string `env:"COMPLETION_TOPIC, default=predworker-completions"`
+	DeadLetterTopic string `env:"DEAD_LETTER_TOPIC, default=predworker-dead-letters"`
 
 	ChunkSize         int           `env:"CHUNK_SIZE, default=50"`
 	Concurrency       int           `env:"CONCURRENCY, default=0"` // 0: 4 × GOMAXPROCS
@@ -147,7 +150,7 @@ func (c *Config) validate() error {
 		oneOf("STATE_STORE", c.StateStore, "sqlite", "firestore"),
 		oneOf("FEATURE_SOURCE", c.FeatureSource, "local"),
 		oneOf("PREDICTION_SINK", c.PredictionSink, "sqlite"),
-		oneOf("EVENTS", c.Events, "log"),
+		oneOf("EVENTS", c.Events, "log", "pubsub"),
 		oneOf("LOG_FORMAT", c.LogFormat, "json", "text"),
 	} {
 		if e != nil {
@@ -156,6 +159,9 @@ func (c *Config) validate() error {
 	}
 	if c.StateStore == "firestore" && c.Project == "" {
 		return fmt.Errorf("GOOGLE_CLOUD_PROJECT must be set when STATE_STORE=firestore")
+	}
+	if c.Events == "pubsub" && c.Project == "" {
+		return fmt.Errorf("GOOGLE_CLOUD_PROJECT must be set when EVENTS=pubsub")
 	}
 	if c.StateStore == "firestore" && c.HeartbeatInterval < time.Second {
 		return fmt.Errorf("HEARTBEAT_INTERVAL must be at least 1s with STATE_STORE=firestore (one write per second per document; got %s)", c.HeartbeatInterval)

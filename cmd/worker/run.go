@@ -117,6 +117,11 @@ func runCommand(ctx context.Context, stopSignals func(), cfg *Config, args []str
 			continue
 		}
 		progress.finish()
+		if err == nil {
+			if _, perr := a.engine.DispatchOutbox(ctx, a.publisher); perr != nil {
+				fmt.Fprintf(stderr, "completion event not published yet (the service's outbox will): %v\n", perr)
+			}
+		}
 		switch {
 		case errors.Is(err, state.ErrFinished):
 			return summary(stdout, done, time.Since(start))

@@ -25,7 +25,8 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 	raw          BLOB NOT NULL,
 	created_at   INTEGER NOT NULL,
 	retries      INTEGER NOT NULL DEFAULT 0,
-	retried_at   INTEGER NOT NULL DEFAULT 0
+	retried_at   INTEGER NOT NULL DEFAULT 0,
+	published_at INTEGER NOT NULL DEFAULT 0
 ) STRICT;
 CREATE INDEX IF NOT EXISTS dead_letters_created ON dead_letters (created_at);
 CREATE TABLE IF NOT EXISTS push_attempts (
@@ -70,15 +71,15 @@ func (s *Store) Put(ctx context.Context, d events.DeadLetter) (bool, error) {
 	return n == 1, nil
 }
 
-const cols = `id, class, error, message_id, subscription, attempt, batch_id, raw, created_at, retries, retried_at`
+const cols = `id, class, error, message_id, subscription, attempt, batch_id, raw, created_at, retries, retried_at, published_at`
 
 func scan(sc interface{ Scan(...any) error }) (events.DeadLetter, error) {
 	var (
-		d                events.DeadLetter
-		created, retried int64
+		d                           events.DeadLetter
+		created, retried, published int64
 	)
 	err := sc.Scan(&d.ID, &d.Class, &d.Error, &d.MessageID, &d.Subscription, &d.Attempt, &d.BatchID, &d.Raw,
-		&created, &d.Retries, &retried)
+		&created, &d.Retries, &retried, &published)
 	if errors.Is(err, sql.ErrNoRows) {
 		return d, events.ErrNotFound
 	}
@@ -89,6 +90,10 @@ func scan(sc interface{ Scan(...any) error }) (events.DeadLetter, error) {
 	if retried != 0 {
 		t := time.Unix(0, retried).UTC()
 		d.RetriedAt = &t
+	}
+	if published != 0 {
+		t := time.Unix(0, published).UTC()
+		d.PublishedAt = &t
 	}
 	return d, nil
 }
@@ -132,6 +137,14 @@ func (s *Store) MarkRetried(ctx context.Context, id string) error {
 	}
 	if n, err := res.RowsAffected(); err != nil || n == 0 {
 		return errors.Join(fmt.Errorf("mark dead letter %s retried: %w", id, events.ErrNotFound), err)
+	}
+	return nil
+}
+
+// MarkPublished implements events.DeadLetters.
+func (s *Store) MarkPublished(ctx context.Context, id string) error {
+	if _, err := s.db.ExecContext(ctx, `UPDATE dead_letters SET published_at = ? WHERE id = ?`, time.Now().UnixNano(), id); err != nil {
+		return fmt.Errorf("mark dead letter %s published: %w", id, err)
 	}
 	return nil
 }

@@ -587,15 +587,21 @@ func (s *Store) Checkpoint(ctx context.Context, id string, l state.Lease, p stat
 	return out, err
 }
 
-// Finish implements state.Store. It stamps expire_at on the batch, so the TTL
-// policy on expire_at (firestore.indexes.json) removes it after Retention;
-// chunk documents carry their own expire_at, Retention after their commit.
+// Finish implements state.Store: the final state and the outbox event in one
+// transaction. It stamps expire_at on the batch, so the TTL policy on
+// expire_at (firestore.indexes.json) removes it after Retention; chunk
+// documents carry their own expire_at, Retention after their commit.
 func (s *Store) Finish(ctx context.Context, id string, l state.Lease, st state.Status, errMsg string) error {
 	if !st.Finished() {
 		return fmt.Errorf("finish batch %s: %q is not a final state", id, st)
 	}
 	return s.tx(ctx, "finish batch "+id, func(ctx context.Context, tx *firestore.Transaction, wrote func(*firestore.DocumentRef)) error {
-		if _, err := s.fenced(ctx, tx, id, l); err != nil {
+		d, err := s.fenced(ctx, tx, id, l)
+		if err != nil {
+			return err
+		}
+		b, err := s.full(ctx, tx, d)
+		if err != nil {
 			return err
 		}
 		now := s.clock.Now()
@@ -609,7 +615,68 @@ func (s *Store) Finish(ctx context.Context, id string, l state.Lease, st state.S
 			return err
 		}
 		wrote(s.batchRef(id))
+		ev := state.NewEvent(b, st, errMsg, now)
+		payload, err := json.Marshal(ev)
+		if err != nil {
+			return err
+		}
+		ref := s.outboxRef(ev.ID)
+		if err := tx.Set(ref, outboxDoc{Payload: string(payload), CreatedAt: now.UnixNano(), ExpireAt: &expire}); err != nil {
+			return err
+		}
+		wrote(ref)
 		return nil
+	})
+}
+
+type outboxDoc struct {
+	Payload   string     `firestore:"payload"`
+	CreatedAt int64      `firestore:"created_at"`
+	Sent      bool       `firestore:"sent"`
+	SentAt    int64      `firestore:"sent_at"`
+	ExpireAt  *time.Time `firestore:"expire_at"`
+}
+
+func (s *Store) outboxRef(eventID string) *firestore.DocumentRef {
+	return s.client.Collection(s.opts.Prefix + "outbox").Doc(hash(eventID)[:24])
+}
+
+// Outbox implements state.Store. Backed by the index (sent, created_at).
+func (s *Store) Outbox(ctx context.Context, limit int) ([]state.Event, error) {
+	if limit <= 0 {
+		limit = 100
+	}
+	var out []state.Event
+	err := s.call(ctx, "read outbox", func(ctx context.Context) error {
+		out = out[:0]
+		docs, err := s.client.Collection(s.opts.Prefix+"outbox").Where("sent", "==", false).
+			OrderBy("created_at", firestore.Asc).Limit(limit).Documents(ctx).GetAll()
+		if err != nil {
+			return err
+		}
+		for _, snap := range docs {
+			var d outboxDoc
+			if err := snap.DataTo(&d); err != nil {
+				return fmt.Errorf("decode outbox %s: %w", snap.Ref.ID, err)
+			}
+			var ev state.Event
+			if err := json.Unmarshal([]byte(d.Payload), &ev); err != nil {
+				return fmt.Errorf("decode outbox event %s: %w", snap.Ref.ID, err)
+			}
+			out = append(out, ev)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// MarkSent implements state.Store.
+func (s *Store) MarkSent(ctx context.Context, eventID string) error {
+	return s.call(ctx, "mark event "+eventID+" sent", func(ctx context.Context) error {
+		_, err := s.outboxRef(eventID).Update(ctx, []firestore.Update{
+			{Path: "sent", Value: true}, {Path: "sent_at", Value: s.clock.Now().UnixNano()},
+		})
+		return err
 	})
 }
 

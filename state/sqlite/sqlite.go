@@ -43,6 +43,13 @@ CREATE TABLE IF NOT EXISTS batches (
 ) STRICT;
 CREATE INDEX IF NOT EXISTS batches_orphans ON batches (status, lease_expires);
 CREATE INDEX IF NOT EXISTS batches_created ON batches (created_at);
+CREATE TABLE IF NOT EXISTS outbox (
+	id         TEXT PRIMARY KEY,
+	payload    TEXT NOT NULL,
+	created_at INTEGER NOT NULL,
+	sent_at    INTEGER NOT NULL DEFAULT 0
+) STRICT;
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (sent_at, created_at);
 `
 
 // DSN returns the connection string for the SQLite file at path with the
@@ -319,14 +326,71 @@ func (s *Store) Checkpoint(ctx context.Context, id string, l state.Lease, p stat
 	return l, nil
 }
 
-// Finish implements state.Store.
+// Finish implements state.Store: the final state and the outbox event in one
+// transaction.
 func (s *Store) Finish(ctx context.Context, id string, l state.Lease, st state.Status, errMsg string) error {
 	if !st.Finished() {
 		return fmt.Errorf("finish batch %s: %q is not a final state", id, st)
 	}
-	now := s.now()
-	return s.fenced(ctx, "finish", id, l, `status = ?, error = ?, completed_at = ?, updated_at = ?,
-		lease_owner = '', lease_expires = 0`, string(st), errMsg, now, now)
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		b, err := scanBatch(tx.QueryRowContext(ctx, `SELECT `+columns+` FROM batches WHERE id = ?`, id))
+		if err != nil {
+			return err
+		}
+		if b.Lease.Owner != l.Owner || b.Lease.Epoch != l.Epoch || b.Status != state.StatusRunning {
+			return fmt.Errorf("owner %s, epoch %d: %w", l.Owner, l.Epoch, state.ErrLeaseLost)
+		}
+		now := s.clock.Now()
+		ev := state.NewEvent(b, st, errMsg, now)
+		payload, err := json.Marshal(ev)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE batches SET status = ?, error = ?, completed_at = ?, updated_at = ?,
+			lease_owner = '', lease_expires = 0 WHERE id = ?`, string(st), errMsg, now.UnixNano(), now.UnixNano(), id); err != nil {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, `INSERT INTO outbox (id, payload, created_at) VALUES (?, ?, ?)
+			ON CONFLICT (id) DO NOTHING`, ev.ID, string(payload), now.UnixNano())
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("finish batch %s: %w", id, err)
+	}
+	return nil
+}
+
+// Outbox implements state.Store.
+func (s *Store) Outbox(ctx context.Context, limit int) ([]state.Event, error) {
+	if limit <= 0 {
+		limit = 100
+	}
+	rows, err := s.db.QueryContext(ctx, `SELECT payload FROM outbox WHERE sent_at = 0 ORDER BY created_at, id LIMIT ?`, limit)
+	if err != nil {
+		return nil, fmt.Errorf("read outbox: %w", err)
+	}
+	defer func() { _ = rows.Close() }()
+	var out []state.Event
+	for rows.Next() {
+		var p string
+		if err := rows.Scan(&p); err != nil {
+			return nil, fmt.Errorf("read outbox: %w", err)
+		}
+		var ev state.Event
+		if err := json.Unmarshal([]byte(p), &ev); err != nil {
+			return nil, fmt.Errorf("decode outbox event: %w", err)
+		}
+		out = append(out, ev)
+	}
+	return out, rows.Err()
+}
+
+// MarkSent implements state.Store.
+func (s *Store) MarkSent(ctx context.Context, eventID string) error {
+	if _, err := s.db.ExecContext(ctx, `UPDATE outbox SET sent_at = ? WHERE id = ?`, s.now(), eventID); err != nil {
+		return fmt.Errorf("mark event %s sent: %w", eventID, err)
+	}
+	return nil
 }
 
 // Release implements state.Store.

@@ -291,6 +291,57 @@ func Run(t *testing.T, newStore NewStore) {
 		}
 	})
 
+	t.Run("FinishWritesOutboxEvent", func(t *testing.T) {
+		t.Parallel()
+		s, clock, ctx := setup(t, newStore)
+		mustCreate(t, s, batch("ok", "a", "b"))
+		mustCreate(t, s, batch("bad", "a"))
+		l := mustClaim(t, s, "ok", "o1").Lease
+		if err := checkpoint(s, ctx, "ok", l, state.Progress{DoneChunks: 1, DoneItems: 2, Predictions: 3, Fallbacks: 1, FailedItems: 1}, ttl); err != nil {
+			t.Fatal(err)
+		}
+		clock.Advance(3 * time.Second)
+		if err := s.Finish(ctx, "ok", l, state.StatusCompleted, ""); err != nil {
+			t.Fatal(err)
+		}
+		clock.Advance(time.Second)
+		lb := mustClaim(t, s, "bad", "o1").Lease
+		if err := s.Finish(ctx, "bad", lb, state.StatusFailed, "boom"); err != nil {
+			t.Fatal(err)
+		}
+		evs, err := s.Outbox(ctx, 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(evs) != 2 {
+			t.Fatalf("outbox has %d events, want 2", len(evs))
+		}
+		ok, bad := evs[0], evs[1]
+		if ok.ID != "ok:batch_completed:1" || ok.Type != "batch_completed" || ok.Predictions != 3 || ok.Fallbacks != 1 ||
+			ok.FailedItems != 1 || ok.DoneItems != 2 || ok.TotalItems != 2 || ok.DurationMS != 3000 || ok.GameDate != "2025-01-15" {
+			t.Errorf("completed event = %+v", ok)
+		}
+		if bad.Type != "batch_failed" || bad.Error != "boom" || bad.BatchID != "bad" {
+			t.Errorf("failed event = %+v", bad)
+		}
+		if err := s.MarkSent(ctx, ok.ID); err != nil {
+			t.Fatal(err)
+		}
+		evs, err = s.Outbox(ctx, 10)
+		if err != nil || len(evs) != 1 || evs[0].ID != bad.ID {
+			t.Fatalf("after MarkSent the outbox holds %+v (%v), want only %s", evs, err, bad.ID)
+		}
+		// A stale owner's Finish writes neither the state nor an event.
+		mustCreate(t, s, batch("stale", "a"))
+		old := mustClaim(t, s, "stale", "o1").Lease
+		clock.Advance(ttl + time.Second)
+		mustClaim(t, s, "stale", "o2")
+		wantErr(t, "stale Finish", s.Finish(ctx, "stale", old, state.StatusCompleted, ""), state.ErrLeaseLost)
+		if evs, _ := s.Outbox(ctx, 10); len(evs) != 1 {
+			t.Fatalf("stale Finish left an event: %+v", evs)
+		}
+	})
+
 	t.Run("ForceTakesOver", func(t *testing.T) {
 		t.Parallel()
 		s, _, ctx := setup(t, newStore)

@@ -1,0 +1,105 @@
+// Package pubsub publishes completion events and dead letters to Pub/Sub
+// topics (EVENTS=pubsub). Every publish waits for the server's confirmation
+// (PublishResult.Get) under a deadline, so an unconfirmed event stays in the
+// outbox and an unconfirmed dead letter fails the push (which is redelivered).
+package pubsub
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"time"
+
+	"cloud.google.com/go/pubsub/v2"
+
+	"github.com/predworker/predworker/events"
+	"github.com/predworker/predworker/state"
+	"github.com/predworker/predworker/worker"
+)
+
+// Publisher sends to the completion and dead-letter topics.
+type Publisher struct {
+	completion *pubsub.Publisher
+	dead       *pubsub.Publisher
+	timeout    time.Duration
+}
+
+var _ worker.Publisher = (*Publisher)(nil)
+
+// New returns a publisher on client for the two topics (ids or full names).
+func New(client *pubsub.Client, completionTopic, deadLetterTopic string) *Publisher {
+	return &Publisher{completion: client.Publisher(completionTopic), dead: client.Publisher(deadLetterTopic),
+		timeout: 10 * time.Second}
+}
+
+// Stop flushes and stops the topic publishers.
+func (p *Publisher) Stop() {
+	p.completion.Stop()
+	p.dead.Stop()
+}
+
+// PublishEvent implements worker.Publisher: the event as JSON, with its id
+// and type as attributes so subscribers can filter and de-duplicate.
+func (p *Publisher) PublishEvent(ctx context.Context, ev state.Event) error {
+	data, err := json.Marshal(ev)
+	if err != nil {
+		return fmt.Errorf("encode event %s: %w", ev.ID, err)
+	}
+	return p.publish(ctx, p.completion, &pubsub.Message{Data: data, Attributes: map[string]string{
+		"event_id": ev.ID, "type": ev.Type, "batch_id": ev.BatchID, "correlation_id": ev.CorrelationID,
+	}})
+}
+
+// PublishDeadLetter sends a dead letter: the raw message as data, the rest as
+// attributes.
+func (p *Publisher) PublishDeadLetter(ctx context.Context, d events.DeadLetter) error {
+	return p.publish(ctx, p.dead, &pubsub.Message{Data: d.Raw, Attributes: map[string]string{
+		"dead_letter_id": d.ID, "error_class": d.Class, "error": truncate(d.Error, 1024),
+		"message_id": d.MessageID, "attempt": strconv.Itoa(d.Attempt), "batch_id": d.BatchID,
+		"subscription": d.Subscription,
+	}})
+}
+
+func (p *Publisher) publish(ctx context.Context, t *pubsub.Publisher, m *pubsub.Message) error {
+	ctx, cancel := context.WithTimeout(ctx, p.timeout)
+	defer cancel()
+	if _, err := t.Publish(ctx, m).Get(ctx); err != nil {
+		return fmt.Errorf("publish to %s: %w", t.String(), err)
+	}
+	return nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}
+
+// DeadLetters stores dead letters locally (for listing and re-drive) and
+// publishes each to the dead-letter topic until Pub/Sub confirms it.
+type DeadLetters struct {
+	events.DeadLetters
+	Pub *Publisher
+}
+
+// Put implements events.DeadLetters: stored, then published unless an
+// earlier call already published it.
+func (d DeadLetters) Put(ctx context.Context, dl events.DeadLetter) (bool, error) {
+	created, err := d.DeadLetters.Put(ctx, dl)
+	if err != nil {
+		return false, err
+	}
+	stored, err := d.DeadLetters.Get(ctx, dl.ID)
+	if err != nil {
+		return false, err
+	}
+	if stored.PublishedAt != nil {
+		return created, nil
+	}
+	if err := d.Pub.PublishDeadLetter(ctx, stored); err != nil {
+		return false, err
+	}
+	return created, d.DeadLetters.MarkPublished(ctx, dl.ID)
+}
