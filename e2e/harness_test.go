@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -48,9 +49,16 @@ func TestMain(m *testing.M) {
 	if err != nil {
 		firestoreSkip = err.Error()
 	}
+	pubsubEmu, err = emulator.StartPubSub()
+	if err != nil {
+		pubsubSkip = err.Error()
+	}
 	code := m.Run()
 	if firestoreEmu != nil {
 		firestoreEmu.Stop()
+	}
+	if pubsubEmu != nil {
+		pubsubEmu.Stop()
 	}
 	_ = os.RemoveAll(dir)
 	os.Exit(code)
@@ -60,6 +68,8 @@ func TestMain(m *testing.M) {
 var (
 	firestoreSkip string
 	firestoreEmu  *emulator.Firestore
+	pubsubSkip    string
+	pubsubEmu     *emulator.PubSub
 )
 
 var prefixSeq atomic.Int64
@@ -78,6 +88,9 @@ type event struct {
 	Addr     string `json:"addr"`
 	Owner    string `json:"owner"`
 	Error    string `json:"error"`
+	Method   string `json:"method"`
+	Path     string `json:"path"`
+	Status   int    `json:"status"`
 	Instance int    `json:"-"` // which process wrote it
 }
 
@@ -101,6 +114,7 @@ type cluster struct {
 	dataDir string
 	backend string
 	prefix  string
+	port    int // 0: a free one per process
 	env     []string
 	mu      sync.Mutex
 	procs   []*proc
@@ -146,7 +160,7 @@ func (c *cluster) start() *proc {
 	c.procs = append(c.procs, p)
 	c.mu.Unlock()
 	p.cmd = exec.Command(binary, "serve")
-	p.cmd.Env = append(os.Environ(), "PORT=0", "HOST=127.0.0.1", "DATA_DIR="+c.dataDir, "LOG_LEVEL=info", "LOG_FORMAT=json")
+	p.cmd.Env = append(os.Environ(), "PORT="+strconv.Itoa(c.port), "HOST=127.0.0.1", "DATA_DIR="+c.dataDir, "LOG_LEVEL=info", "LOG_FORMAT=json")
 	p.cmd.Env = append(p.cmd.Env, c.env...)
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	p.cmd.Stderr = os.Stderr

@@ -155,3 +155,21 @@ func StartFirestore() (*Firestore, error) {
 	}
 	return &Firestore{p}, nil
 }
+
+// PubSub is a running Pub/Sub emulator.
+type PubSub struct{ *Process }
+
+// StartPubSub starts the Pub/Sub emulator and sets PUBSUB_EMULATOR_HOST for
+// this process (and the processes it starts). Unlike pstest, it really POSTs
+// push requests and applies retry backoff and dead-letter policies.
+func StartPubSub() (*PubSub, error) {
+	p, err := start("pubsub-emulator", "beta", "emulators", "pubsub", "start", "--project="+Project)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Setenv("PUBSUB_EMULATOR_HOST", p.Host); err != nil {
+		p.Stop()
+		return nil, err
+	}
+	return &PubSub{p}, nil
+}
