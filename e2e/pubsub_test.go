@@ -66,8 +66,8 @@ func TestPubSubPush(t *testing.T) {
 
 	if _, err := client.SubscriptionAdminClient.CreateSubscription(ctx, &pubsubpb.Subscription{
 		Name: subName("push-" + suffix), Topic: topicName(requests), AckDeadlineSeconds: 120,
-		PushConfig: &pubsubpb.PushConfig{PushEndpoint: fmt.Sprintf("http://127.0.0.1:%d/pubsub/push", port)},
-		RetryPolicy: &pubsubpb.RetryPolicy{MinimumBackoff: durationpb.New(time.Second), MaximumBackoff: durationpb.New(5 * time.Second)},
+		PushConfig:       &pubsubpb.PushConfig{PushEndpoint: fmt.Sprintf("http://127.0.0.1:%d/pubsub/push", port)},
+		RetryPolicy:      &pubsubpb.RetryPolicy{MinimumBackoff: durationpb.New(time.Second), MaximumBackoff: durationpb.New(5 * time.Second)},
 		DeadLetterPolicy: &pubsubpb.DeadLetterPolicy{DeadLetterTopic: topicName(pushDLQ), MaxDeliveryAttempts: 5},
 	}); err != nil {
 		t.Fatal(err)

@@ -75,4 +75,3 @@ func (r *Runner) OutboxLoop(ctx context.Context, pub Publisher, interval time.Du
 		}
 	}
 }
-
