@@ -41,6 +41,7 @@ type Server struct {
 	pushBudget  time.Duration
 	maxAttempts int
 	auth        Auth
+	continuer   Continuer
 }
 
 // Options configures New.
@@ -62,6 +63,9 @@ type Options struct {
 	// Auth guards the push endpoint and the operator API. Health,
 	// readiness and metrics stay open.
 	Auth Auth
+	// Continuer, when set, continues a batch whose push budget ran out in
+	// a new message (204) instead of asking for a redelivery (503).
+	Continuer Continuer
 }
 
 // New returns the server.
@@ -74,7 +78,7 @@ func New(o Options) *Server {
 	}
 	return &Server{engine: o.Engine, runner: o.Runner, store: o.Store, predictions: o.Predictions,
 		metrics: o.Metrics, log: o.Logger, project: o.Project, deadLetters: o.DeadLetters,
-		pushBudget: o.PushBudget, maxAttempts: o.MaxAttempts, auth: o.Auth}
+		pushBudget: o.PushBudget, maxAttempts: o.MaxAttempts, auth: o.Auth, continuer: o.Continuer}
 }
 
 // Handler returns the router.

@@ -44,6 +44,7 @@ type fixtureOpts struct {
 	engine      worker.Config
 	pushBudget  time.Duration
 	auth        api.Auth
+	continuer   api.Continuer
 }
 
 func setup(t *testing.T) *fixture { return setupWith(t, fixtureOpts{}) }
@@ -86,7 +87,7 @@ func setupWith(t *testing.T, o fixtureOpts) *fixture {
 	r := worker.NewRunner(e)
 	srv := httptest.NewServer(api.New(api.Options{Engine: e, Runner: r, Store: st, Predictions: sk,
 		Metrics: promhttp.HandlerFor(promReg, promhttp.HandlerOpts{}), Logger: nil2discard(),
-		DeadLetters: dl, PushBudget: o.pushBudget, Auth: o.auth}).Handler())
+		DeadLetters: dl, PushBudget: o.pushBudget, Auth: o.auth, Continuer: o.continuer}).Handler())
 	t.Cleanup(func() {
 		srv.Close()
 		r.Drain(5 * time.Second)

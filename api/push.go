@@ -179,7 +179,28 @@ func (s *Server) push(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusNoContent)
 		return
 	}
+	budgetSpent := errors.Is(ctx.Err(), context.DeadlineExceeded) && r.Context().Err() == nil
+	if budgetSpent && s.continuer != nil {
+		// Progress is checkpointed and the lease released; hand the rest to
+		// a fresh message instead of waiting for a redelivery.
+		attrs := map[string]string{"batch_id": claimed.ID, "continuation_of": env.ID()}
+		cerr := s.continuer.Continue(r.Context(), env.Message.Data, attrs)
+		if cerr == nil {
+			logging.FromContext(r.Context(), s.log).Info("push budget spent; continued in a new message",
+				slog.String("batch_id", claimed.ID))
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		err = errors.Join(err, fmt.Errorf("publish continuation: %w", cerr))
+	}
 	s.pushOutcome(w, r, pc, err)
+}
+
+// Continuer publishes a continuation message for a batch whose push budget
+// ran out (PUSH_CONTINUATION_TOPIC). Without one, such a push answers 503 and
+// Pub/Sub's redelivery resumes the batch.
+type Continuer interface {
+	Continue(ctx context.Context, data []byte, attrs map[string]string) error
 }
 
 type pushCtx struct {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -316,6 +317,58 @@ func TestPushBudgetSpentResumesOnRedelivery(t *testing.T) {
 	rows, dup := rowCount(t, f, "budget")
 	if done.Status != state.StatusCompleted || rows != 2*len(done.Items) || dup {
 		t.Fatalf("after redeliveries: %s, %d rows (dup %v)", done.Status, rows, dup)
+	}
+}
+
+// continuations records continuation messages instead of publishing them.
+type continuations struct {
+	mu   sync.Mutex
+	msgs []map[string]string
+	data [][]byte
+}
+
+func (c *continuations) Continue(_ context.Context, data []byte, attrs map[string]string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.msgs = append(c.msgs, attrs)
+	c.data = append(c.data, data)
+	return nil
+}
+
+func TestPushBudgetSpentContinuesInNewMessage(t *testing.T) {
+	t.Parallel()
+	rules, err := worker.ParseFaults("system=*,kind=latency,latency=30ms,rate=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cont := &continuations{}
+	f := setupWith(t, fixtureOpts{engine: worker.Config{Faults: rules}, pushBudget: 200 * time.Millisecond, continuer: cont})
+	payload := `{"game_date": "2025-01-15", "chunk_size": 10}`
+	resp, _ := push(t, f, envelope("c1", payload, 0, map[string]string{"batch_id": "cont"}))
+	if resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("budget spent with a continuer = %d, want 204", resp.StatusCode)
+	}
+	cont.mu.Lock()
+	if len(cont.msgs) != 1 || cont.msgs[0]["batch_id"] != "cont" || cont.msgs[0]["continuation_of"] != "c1" || string(cont.data[0]) != payload {
+		t.Fatalf("continuation = %v %q", cont.msgs, cont.data)
+	}
+	cont.mu.Unlock()
+	// Deliver continuations until the batch completes.
+	for i := 0; i < 100; i++ {
+		cont.mu.Lock()
+		attrs, data := cont.msgs[len(cont.msgs)-1], cont.data[len(cont.data)-1]
+		cont.mu.Unlock()
+		if resp, _ = push(t, f, envelope(fmt.Sprintf("c%d", i+2), string(data), 0, attrs)); resp.StatusCode != 204 {
+			t.Fatalf("continuation %d = %d", i, resp.StatusCode)
+		}
+		if b, _ := f.store.Get(t.Context(), "cont"); b.Status == state.StatusCompleted {
+			break
+		}
+	}
+	done, _ := f.store.Get(t.Context(), "cont")
+	rows, dup := rowCount(t, f, "cont")
+	if done.Status != state.StatusCompleted || rows != 2*len(done.Items) || dup {
+		t.Fatalf("after continuations: %s, %d rows (dup %v)", done.Status, rows, dup)
 	}
 }
 

@@ -65,6 +65,7 @@ type app struct {
 	// EVENTS=pubsub); publisher delivers completion events.
 	deadLetters events.DeadLetters
 	publisher   worker.Publisher
+	continuer   api.Continuer
 	closeEvents func() error
 	engine      *worker.Engine
 	registry    *prometheus.Registry
@@ -106,15 +107,29 @@ func newApp(ctx context.Context, cfg *Config, log *slog.Logger) (*app, error) {
 	}
 	a := &app{store: store, sink: sink, dead: dead, engine: engine, registry: reg, log: log,
 		deadLetters: dead, publisher: worker.LogPublisher{Log: log}, closeEvents: func() error { return nil }}
-	if cfg.Events == "pubsub" {
+	if cfg.Events == "pubsub" || cfg.ContinuationTopic != "" {
 		client, err := pubsub.NewClient(ctx, cfg.Project)
 		if err != nil {
 			return nil, errors.Join(fmt.Errorf("pubsub client: %w", err), a.Close())
 		}
-		pub := pspub.New(client, cfg.CompletionTopic, cfg.DeadLetterTopic)
-		a.publisher = pub
-		a.deadLetters = pspub.DeadLetters{DeadLetters: dead, Pub: pub}
-		a.closeEvents = func() error { pub.Stop(); return client.Close() }
+		var stops []func()
+		if cfg.Events == "pubsub" {
+			pub := pspub.New(client, cfg.CompletionTopic, cfg.DeadLetterTopic)
+			a.publisher = pub
+			a.deadLetters = pspub.DeadLetters{DeadLetters: dead, Pub: pub}
+			stops = append(stops, pub.Stop)
+		}
+		if cfg.ContinuationTopic != "" {
+			c := pspub.NewContinuer(client, cfg.ContinuationTopic)
+			a.continuer = c
+			stops = append(stops, c.Stop)
+		}
+		a.closeEvents = func() error {
+			for _, stop := range stops {
+				stop()
+			}
+			return client.Close()
+		}
 	}
 	return a, nil
 }
@@ -175,7 +190,7 @@ func serve(ctx context.Context, stopSignals func(), cfg *Config, log *slog.Logge
 	srv := &http.Server{
 		Handler: api.New(api.Options{Engine: a.engine, Runner: runner, Store: a.store, Predictions: a.sink,
 			Metrics: promhttp.HandlerFor(a.registry, promhttp.HandlerOpts{}), Logger: log, Project: cfg.Project,
-			DeadLetters: a.deadLetters, PushBudget: cfg.PushBudget, MaxAttempts: cfg.MaxAttempts, Auth: auth}).Handler(),
+			DeadLetters: a.deadLetters, PushBudget: cfg.PushBudget, MaxAttempts: cfg.MaxAttempts, Auth: auth, Continuer: a.continuer}).Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}

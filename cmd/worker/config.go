@@ -33,6 +33,10 @@ type Config struct {
 	// Pub/Sub topics for EVENTS=pubsub (ids in GOOGLE_CLOUD_PROJECT, or full names).
 	CompletionTopic string `env:"COMPLETION_TOPIC, default=predworker-completions"`
 	DeadLetterTopic string `env:"DEAD_LETTER_TOPIC, default=predworker-dead-letters"`
+	// ContinuationTopic, when set, is where a push whose budget ran out
+	// publishes the rest of its batch (usually the batch-request topic);
+	// unset, such a push answers 503 and the redelivery resumes it.
+	ContinuationTopic string `env:"PUSH_CONTINUATION_TOPIC"`
 
 	ChunkSize         int           `env:"CHUNK_SIZE, default=50"`
 	Concurrency       int           `env:"CONCURRENCY, default=0"` // 0: 4 × GOMAXPROCS
@@ -162,6 +166,9 @@ func (c *Config) validate() error {
 	}
 	if c.Events == "pubsub" && c.Project == "" {
 		return fmt.Errorf("GOOGLE_CLOUD_PROJECT must be set when EVENTS=pubsub")
+	}
+	if c.ContinuationTopic != "" && c.Project == "" {
+		return fmt.Errorf("GOOGLE_CLOUD_PROJECT must be set when PUSH_CONTINUATION_TOPIC is")
 	}
 	if c.StateStore == "firestore" && c.HeartbeatInterval < time.Second {
 		return fmt.Errorf("HEARTBEAT_INTERVAL must be at least 1s with STATE_STORE=firestore (one write per second per document; got %s)", c.HeartbeatInterval)

@@ -103,3 +103,27 @@ func (d DeadLetters) Put(ctx context.Context, dl events.DeadLetter) (bool, error
 	}
 	return created, d.DeadLetters.MarkPublished(ctx, dl.ID)
 }
+
+// Continuer publishes continuation messages to the batch-request topic.
+type Continuer struct {
+	topic   *pubsub.Publisher
+	timeout time.Duration
+}
+
+// NewContinuer returns a continuer publishing to topic (id or full name).
+func NewContinuer(client *pubsub.Client, topic string) *Continuer {
+	return &Continuer{topic: client.Publisher(topic), timeout: 10 * time.Second}
+}
+
+// Continue publishes data with attrs and waits for the confirmation.
+func (c *Continuer) Continue(ctx context.Context, data []byte, attrs map[string]string) error {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	if _, err := c.topic.Publish(ctx, &pubsub.Message{Data: data, Attributes: attrs}).Get(ctx); err != nil {
+		return fmt.Errorf("publish continuation to %s: %w", c.topic.String(), err)
+	}
+	return nil
+}
+
+// Stop flushes and stops the topic publisher.
+func (c *Continuer) Stop() { c.topic.Stop() }

@@ -145,3 +145,18 @@ func TestDeadLettersArePublishedOnce(t *testing.T) {
 		t.Fatalf("published dead letter = %q %v", m.Data, m.Attributes)
 	}
 }
+
+func TestContinuerPublishes(t *testing.T) {
+	t.Parallel()
+	srv, client := fake(t)
+	createTopic(t, client, "requests")
+	c := pspub.NewContinuer(client, "requests")
+	defer c.Stop()
+	if err := c.Continue(t.Context(), []byte(`{"game_date": "2025-01-15"}`), map[string]string{"batch_id": "b"}); err != nil {
+		t.Fatal(err)
+	}
+	msgs := srv.Messages()
+	if len(msgs) != 1 || msgs[0].Attributes["batch_id"] != "b" || string(msgs[0].Data) != `{"game_date": "2025-01-15"}` {
+		t.Fatalf("continuation messages = %+v", msgs)
+	}
+}
