@@ -68,6 +68,7 @@ type Features struct {
 	ShotZoneMismatch float64 `json:"shot_zone_mismatch"`
 
 	OppDefRating   float64 `json:"opponent_def_rating"` // points allowed per 100 possessions
+	OppTier        int     `json:"opponent_tier"`       // 1 strongest defence … 3 weakest
 	Pace           float64 `json:"pace"`                // expected possessions
 	PaceAdjustment float64 `json:"pace_adjustment"`     // Pace − league average
 	Usage          float64 `json:"usage_rate"`          // season usage, percent
@@ -83,6 +84,19 @@ type Features struct {
 	HasLine bool    `json:"has_line"`
 	Quality float64 `json:"quality"` // 0-100 data quality score
 }
+
+// Combiner is a system computed from other systems' estimates for the same
+// player (ensemble_v1). The engine runs its Inputs first (without writing
+// rows for those not requested) and passes the estimates that succeeded.
+type Combiner interface {
+	System
+	Inputs() []string
+	Combine(ctx context.Context, f *Features, inputs map[string]Estimate) (Estimate, error)
+}
+
+// ErrInsufficientData: a system cannot predict from what it was given (too
+// few similar games, too few inputs). The engine falls back.
+var ErrInsufficientData = errors.New("insufficient data for this system")
 
 // Recommendation against the prop line.
 type Recommendation string

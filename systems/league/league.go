@@ -522,6 +522,7 @@ func (l *League) features(pi, i int, date string) *systems.Features {
 		FTShare:          p.Zones[3],
 		ShotZoneMismatch: round1(mismatch),
 		OppDefRating:     round1(opp.DefRating),
+		OppTier:          opp.Tier,
 		Pace:             round1(pace),
 		PaceAdjustment:   round1(pace - leaguePace),
 		Usage:            round1(p.Usage),

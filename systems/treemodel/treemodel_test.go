@@ -1,0 +1,140 @@
+package treemodel_test
+
+import (
+	"bytes"
+	"errors"
+	"math"
+	"strings"
+	"testing"
+
+	"github.com/predworker/predworker/systems"
+	"github.com/predworker/predworker/systems/gbdt"
+	"github.com/predworker/predworker/systems/league"
+	"github.com/predworker/predworker/systems/systemstest"
+	"github.com/predworker/predworker/systems/treemodel"
+)
+
+// The bundled model is exactly what `go run ./cmd/trainmodel` produces, and
+// the file, evaluated by leaves, gives the fitted model's own outputs.
+func TestBundledModelIsReproducibleAndFaithful(t *testing.T) {
+	t.Parallel()
+	ds, err := treemodel.Dataset(t.Context(), league.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := gbdt.Train(ds.TrainX, ds.TrainY, gbdt.DefaultTrainConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if err := m.WriteLightGBM(&buf, treemodel.FeatureNames); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(buf.Bytes(), treemodel.Bundled()) {
+		t.Fatal("the bundled model differs from a fresh fit: run go run ./cmd/trainmodel")
+	}
+	s, err := treemodel.LoadBundled()
+	if err != nil {
+		t.Fatal(err)
+	}
+	worst := 0.0
+	for i := 0; i < len(ds.HoldoutX); i += 7 {
+		worst = math.Max(worst, math.Abs(s.Raw(ds.HoldoutX[i])-m.Predict(ds.HoldoutX[i])))
+	}
+	if worst > 1e-9 {
+		t.Fatalf("leaves and the fitted model disagree by up to %g", worst)
+	}
+	if mae, base := m.MAE(ds.HoldoutX, ds.HoldoutY), ds.BaselineHoldoutMAE(); mae >= base {
+		t.Errorf("holdout MAE %.3f does not beat the season-average baseline %.3f", mae, base)
+	}
+}
+
+// A hand-made model: one split, points_avg_last_5 <= 10 → 8, else 20.
+const tiny = `tree
+version=v3
+num_class=1
+num_tree_per_iteration=1
+label_index=0
+max_feature_idx=19
+objective=regression
+feature_names=` + "a b c d e f g h i j k l m n o p q r s t" + `
+feature_infos=none none none none none none none none none none none none none none none none none none none none
+tree_sizes=1
+
+Tree=0
+num_leaves=2
+num_cat=0
+split_feature=0
+threshold=10
+decision_type=0
+left_child=-1
+right_child=-2
+leaf_value=8 20
+shrinkage=1
+
+
+end of trees
+`
+
+func TestWorkedExamples(t *testing.T) {
+	t.Parallel()
+	s, err := treemodel.Load(strings.NewReader(tiny), "tiny")
+	if err != nil {
+		t.Fatal(err)
+	}
+	systemstest.RunExamples(t, s, []systemstest.Example{
+		{
+			// L5 15 > 10 → 20. Confidence 60 − 1.5·(7 − 5) = 57. Edge 20 − 17.5 = 2.5 > 1.5 and 57 > 55: OVER.
+			Name:     "right leaf, over",
+			Features: systems.Features{PointsAvgL5: 15, PointsStdL10: 7, GamesPlayed: 20, HasLine: true, Line: 17.5},
+			Points:   20, Confidence: 57, Rec: systems.Over,
+		},
+		{
+			// L5 9 → 8. Confidence 60 − 15 (3 games) = 45: under the floor, PASS.
+			Name:     "left leaf, few games",
+			Features: systems.Features{PointsAvgL5: 9, PointsStdL10: 4, GamesPlayed: 3, HasLine: true, Line: 12.5},
+			Points:   8, Confidence: 45, Rec: systems.Pass,
+		},
+	})
+}
+
+func TestBounds(t *testing.T) {
+	t.Parallel()
+	s, err := treemodel.LoadBundled()
+	if err != nil {
+		t.Fatal(err)
+	}
+	systemstest.CheckBounds(t, s, 5, 5000)
+}
+
+func TestBadModelFiles(t *testing.T) {
+	t.Parallel()
+	for name, body := range map[string]string{
+		"empty":         "",
+		"garbage":       "this is not a model\n",
+		"truncated":     tiny[:len(tiny)/2],
+		"wrong version": strings.Replace(tiny, "version=v3", "version=v9", 1),
+		"wrong width":   strings.Replace(tiny, "max_feature_idx=19", "max_feature_idx=4", 1),
+	} {
+		if _, err := treemodel.Load(strings.NewReader(body), name); err == nil {
+			t.Errorf("%s model loaded", name)
+		}
+	}
+	u := treemodel.Unavailable{Err: errors.New("open model: no such file")}
+	if _, err := u.Predict(t.Context(), &systems.Features{}); err == nil {
+		t.Error("an unavailable model answered")
+	}
+}
+
+func BenchmarkPredict(b *testing.B) {
+	s, err := treemodel.LoadBundled()
+	if err != nil {
+		b.Fatal(err)
+	}
+	f := systems.Features{PointsAvgL5: 20, PointsAvgL10: 18, PointsAvgSeason: 16, PointsStdL10: 5, GamesPlayed: 30,
+		OppDefRating: 112, OppTier: 2, Usage: 24, HasLine: true, Line: 17.5}
+	b.ReportAllocs()
+	for b.Loop() {
+		_, _ = s.Predict(b.Context(), &f)
+	}
+}
