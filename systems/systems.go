@@ -262,3 +262,42 @@ func SortedUnique(in []string) []string {
 	slices.Sort(out)
 	return slices.Compact(out)
 }
+
+// WithThresholds returns s recomputing its recommendation with the given
+// edge and confidence thresholds (per-system policy from configuration).
+func WithThresholds(s System, minEdge, minConfidence float64) System {
+	t := thresholded{System: s, edge: minEdge, conf: minConfidence}
+	if c, ok := s.(Combiner); ok {
+		return thresholdedCombiner{thresholded: t, c: c}
+	}
+	return t
+}
+
+type thresholded struct {
+	System
+	edge, conf float64
+}
+
+func (t thresholded) apply(f *Features, e Estimate, err error) (Estimate, error) {
+	if err == nil {
+		e.Recommendation = Recommend(e.Points, e.Confidence, f, t.edge, t.conf)
+	}
+	return e, err
+}
+
+func (t thresholded) Predict(ctx context.Context, f *Features) (Estimate, error) {
+	e, err := t.System.Predict(ctx, f)
+	return t.apply(f, e, err)
+}
+
+type thresholdedCombiner struct {
+	thresholded
+	c Combiner
+}
+
+func (t thresholdedCombiner) Inputs() []string { return t.c.Inputs() }
+
+func (t thresholdedCombiner) Combine(ctx context.Context, f *Features, in map[string]Estimate) (Estimate, error) {
+	e, err := t.c.Combine(ctx, f, in)
+	return t.apply(f, e, err)
+}

@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -46,6 +47,9 @@ type Config struct {
 	LocalOwners bool
 	// RetryMaxInterval caps the backoff between retries of transient errors.
 	RetryMaxInterval time.Duration
+	// MinQuality is the feature quality score (0-100) below which a player's
+	// row is not trusted: every system's row for him is a failure record.
+	MinQuality float64
 }
 
 func (c *Config) defaults() {
@@ -78,6 +82,9 @@ func (c *Config) defaults() {
 	}
 	if c.RetryMaxInterval <= 0 {
 		c.RetryMaxInterval = 5 * time.Second
+	}
+	if c.MinQuality == 0 {
+		c.MinQuality = systems.DefaultMinQuality
 	}
 }
 
@@ -569,23 +576,74 @@ func (e *Engine) runChunk(ctx context.Context, b state.Batch, chunk int, g *leas
 }
 
 // predictChunk fans the chunk out: one task per (player, system), at most
-// Concurrency at once. Every task yields a row; failures become fallbacks or
-// failure records, never errors.
+// Concurrency at once. Systems that combine others (ensemble_v1) run in a
+// second phase over the first phase's successful estimates; their inputs are
+// computed even when not requested (without a row). Every task yields a row;
+// failures become fallbacks or failure records, never errors.
 func (e *Engine) predictChunk(ctx context.Context, b state.Batch, items []string,
 	feats map[string]*systems.Features, log *slog.Logger) ([]systems.Prediction, state.Progress) {
 	sys := b.Request.Systems
 	rows := make([]systems.Prediction, len(items)*len(sys))
 	now := e.clock.Now().UTC()
+
+	// Phase 1 ids: requested plain systems, then inputs of requested
+	// combiners that were not requested themselves.
+	var combiners []int
+	requested := map[string]bool{}
+	for j, sid := range sys {
+		requested[sid] = true
+		if _, ok := e.combiner(sid); ok {
+			combiners = append(combiners, j)
+		}
+	}
+	var extra []string
+	for _, j := range combiners {
+		c, _ := e.combiner(sys[j])
+		for _, in := range c.Inputs() {
+			if _, isComb := e.combiner(in); !requested[in] && !isComb && e.registry.Has(in) && !slices.Contains(extra, in) {
+				extra = append(extra, in)
+			}
+		}
+	}
+	type estimates struct {
+		mu sync.Mutex
+		by map[string]systems.Estimate
+	}
+	var inputs []estimates
+	if len(combiners) > 0 {
+		inputs = make([]estimates, len(items))
+		for i := range inputs {
+			inputs[i].by = map[string]systems.Estimate{}
+		}
+	}
+	keep := func(i int, id string, est systems.Estimate) {
+		if inputs == nil {
+			return
+		}
+		inputs[i].mu.Lock()
+		inputs[i].by[id] = est
+		inputs[i].mu.Unlock()
+	}
+
 	var g errgroup.Group
 	g.SetLimit(e.cfg.Concurrency)
 	for i, player := range items {
 		f := feats[player]
+		var invalid error
+		if f != nil {
+			invalid = systems.Validate(f, e.cfg.MinQuality)
+		}
 		for j, sid := range sys {
 			row := &rows[i*len(sys)+j]
 			*row = systems.Prediction{BatchID: b.ID, GameDate: b.Request.GameDate, PlayerLookup: player,
 				SystemID: sid, CreatedAt: now, Recommendation: systems.Pass}
-			if f == nil {
+			switch {
+			case f == nil:
 				row.Failed, row.FailureReason = true, "no_features: player has no game or no feature row on this date"
+				continue
+			case invalid != nil:
+				row.GameID = f.GameID
+				row.Failed, row.FailureReason = true, "invalid_features: "+invalid.Error()
 				continue
 			}
 			row.GameID = f.GameID
@@ -593,13 +651,61 @@ func (e *Engine) predictChunk(ctx context.Context, b state.Batch, items []string
 				line := f.Line
 				row.Line = &line
 			}
+			if _, isComb := e.combiner(sid); isComb {
+				continue // phase 2
+			}
 			g.Go(func() error {
-				e.predictOne(ctx, f, row, log)
+				e.fill(ctx, f, row, row.SystemID, nil, log)
+				if !row.Failed && !row.Fallback {
+					keep(i, sid, systems.Estimate{Points: row.PredictedPoints, Confidence: row.Confidence, Recommendation: row.Recommendation})
+				}
+				return nil
+			})
+		}
+		if f == nil || invalid != nil {
+			continue
+		}
+		for _, id := range extra {
+			g.Go(func() error {
+				if est, _, err := e.call(ctx, id, func(ctx context.Context) (systems.Estimate, error) {
+					return e.systems[id].Predict(ctx, f)
+				}); err == nil {
+					keep(i, id, est)
+				}
 				return nil
 			})
 		}
 	}
 	_ = g.Wait() // tasks never return errors
+	if len(combiners) > 0 {
+		for i, player := range items {
+			f := feats[player]
+			if f == nil {
+				continue
+			}
+			for _, j := range combiners {
+				row := &rows[i*len(sys)+j]
+				if row.Failed {
+					continue
+				}
+				c, _ := e.combiner(row.SystemID)
+				in := inputs[i].by
+				g.Go(func() error {
+					est, reason, err := e.call(ctx, row.SystemID, func(ctx context.Context) (systems.Estimate, error) {
+						return c.Combine(ctx, f, in)
+					})
+					if err == nil {
+						e.setRow(row, row.SystemID, est)
+						return nil
+					}
+					e.noteFailure(ctx, f, row.SystemID, reason, err, log)
+					e.fill(ctx, f, row, e.registry.Fallback(row.SystemID), []string{reason}, log)
+					return nil
+				})
+			}
+		}
+		_ = g.Wait()
+	}
 	delta := state.Progress{DoneChunks: 1, DoneItems: len(items)}
 	for i := range rows {
 		r := &rows[i]
@@ -620,17 +726,37 @@ func (e *Engine) predictChunk(ctx context.Context, b state.Batch, items []string
 	return rows, delta
 }
 
-// predictOne fills row from the requested system, or from its fallback chain.
-func (e *Engine) predictOne(ctx context.Context, f *systems.Features, row *systems.Prediction, log *slog.Logger) {
-	var reasons []string
-	for cur := row.SystemID; cur != ""; cur = e.registry.Fallback(cur) {
-		est, reason, err := e.call(ctx, cur, f)
+// combiner returns id's system as a Combiner, if it is one.
+func (e *Engine) combiner(id string) (systems.Combiner, bool) {
+	s, ok := e.registry.Get(id)
+	if !ok {
+		return nil, false
+	}
+	c, ok := s.(systems.Combiner)
+	return c, ok
+}
+
+func (e *Engine) setRow(row *systems.Prediction, by string, est systems.Estimate) {
+	row.PredictedPoints = est.Points
+	row.Confidence = est.Confidence
+	row.Recommendation = est.Recommendation
+	row.ProducedBy = by
+	row.ModelVersion = e.systems[by].Version()
+}
+
+// fill fills row from system start, then along its fallback chain. reasons
+// holds the failures before start (the requested system's, for a fallback).
+func (e *Engine) fill(ctx context.Context, f *systems.Features, row *systems.Prediction, start string, reasons []string, log *slog.Logger) {
+	for cur := start; cur != ""; cur = e.registry.Fallback(cur) {
+		if _, isComb := e.combiner(cur); isComb {
+			reasons = append(reasons, "combiner_as_fallback")
+			continue
+		}
+		est, reason, err := e.call(ctx, cur, func(ctx context.Context) (systems.Estimate, error) {
+			return e.systems[cur].Predict(ctx, f)
+		})
 		if err == nil {
-			row.PredictedPoints = est.Points
-			row.Confidence = est.Confidence
-			row.Recommendation = est.Recommendation
-			row.ProducedBy = cur
-			row.ModelVersion = e.systems[cur].Version()
+			e.setRow(row, cur, est)
 			if cur != row.SystemID {
 				row.Fallback, row.FallbackFrom, row.FallbackReason = true, row.SystemID, reasons[0]
 			}
@@ -640,25 +766,33 @@ func (e *Engine) predictOne(ctx context.Context, f *systems.Features, row *syste
 			return // the chunk is being abandoned; its rows are never written
 		}
 		reasons = append(reasons, reason)
-		e.metrics.Fallbacks.WithLabelValues(cur, reason).Inc()
-		attrs := []any{logging.Event(logging.EventFallbackUsed), slog.String("system_id", cur),
-			slog.String("player_lookup", f.PlayerLookup), slog.String("reason", reason),
-			slog.String("fallback", e.registry.Fallback(cur))}
-		if reason == "panic" {
-			log.Error("system panicked", append(attrs, logging.Err(err))...)
-		} else {
-			log.Warn("system failed", append(attrs, slog.String("error", err.Error()))...)
-		}
+		e.noteFailure(ctx, f, cur, reason, err, log)
 	}
 	row.Failed = true
 	row.FailureReason = "all systems in the fallback chain failed: " + strings.Join(reasons, ", ")
+}
+
+// noteFailure counts and logs a failed system call.
+func (e *Engine) noteFailure(ctx context.Context, f *systems.Features, id, reason string, err error, log *slog.Logger) {
+	if ctx.Err() != nil {
+		return
+	}
+	e.metrics.Fallbacks.WithLabelValues(id, reason).Inc()
+	attrs := []any{logging.Event(logging.EventFallbackUsed), slog.String("system_id", id),
+		slog.String("player_lookup", f.PlayerLookup), slog.String("reason", reason),
+		slog.String("fallback", e.registry.Fallback(id))}
+	if reason == "panic" {
+		log.Error("system panicked", append(attrs, logging.Err(err))...)
+	} else {
+		log.Warn("system failed", append(attrs, slog.String("error", err.Error()))...)
+	}
 }
 
 // call runs one system under its own deadline, behind its breaker, with
 // panics recovered. The result arrives through a channel so a system that
 // ignores its context is abandoned at the deadline instead of stretching the
 // chunk; its goroutine ends when the system returns.
-func (e *Engine) call(ctx context.Context, id string, f *systems.Features) (systems.Estimate, string, error) {
+func (e *Engine) call(ctx context.Context, id string, fn func(context.Context) (systems.Estimate, error)) (systems.Estimate, string, error) {
 	timeout := e.cfg.SystemTimeout
 	if t, ok := e.cfg.SystemTimeouts[id]; ok {
 		timeout = t
@@ -677,7 +811,7 @@ func (e *Engine) call(ctx context.Context, id string, f *systems.Features) (syst
 					err = newPanicError(r)
 				}
 			}()
-			return e.systems[id].Predict(cctx, f)
+			return fn(cctx)
 		})
 		ch <- result{est, err}
 	}()
@@ -697,6 +831,8 @@ func (e *Engine) call(ctx context.Context, id string, f *systems.Features) (syst
 		return r.est, "circuit_open", r.err
 	case errors.Is(r.err, context.DeadlineExceeded) && ctx.Err() == nil:
 		return r.est, "timeout", r.err
+	case errors.Is(r.err, systems.ErrInsufficientData):
+		return r.est, "insufficient_data", r.err
 	case ctx.Err() != nil:
 		return r.est, "cancelled", r.err
 	}

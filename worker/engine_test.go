@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 
 	"sync/atomic"
 	"testing"
@@ -15,6 +16,7 @@ import (
 	"github.com/predworker/predworker/state"
 	statesqlite "github.com/predworker/predworker/state/sqlite"
 	"github.com/predworker/predworker/systems"
+	"github.com/predworker/predworker/systems/ensemble"
 	"github.com/predworker/predworker/systems/league"
 	"github.com/predworker/predworker/systems/movingavg"
 	sinksqlite "github.com/predworker/predworker/systems/sqlite"
@@ -636,5 +638,139 @@ func TestSweepResumesOrphans(t *testing.T) {
 	r.Drain(5 * time.Second)
 	if got, err := b.store.Get(t.Context(), "b2"); err != nil || got.Lease.Owner != "alive" {
 		t.Fatalf("sweep touched the batch with a live lease: %+v, %v", got.Lease, err)
+	}
+}
+
+func TestEnsembleRunsItsInputs(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil, func(r *systems.Registry) {
+		r.Register(movingavg.New(), "")
+		r.Register(zonematchup.New(), movingavg.ID)
+		r.Register(ensemble.New(movingavg.ID, zonematchup.ID), movingavg.ID)
+	})
+	e := b.engine(t, Config{})
+	// Only the ensemble is requested: its inputs are computed without rows.
+	batch, _, err := e.Submit(t.Context(), "ens", state.Request{GameDate: "2025-01-15", Players: players(t, 10), Systems: []string{ensemble.ID}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done, err := e.Run(t.Context(), batch.ID, RunOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := b.rows(t, batch.ID)
+	if len(rows) != 10 || done.Fallbacks != 0 {
+		t.Fatalf("%d rows, %d fallbacks; want 10 ensemble rows, none falling back", len(rows), done.Fallbacks)
+	}
+	feats, err := league.Default().Features(t.Context(), "2025-01-15", players(t, 10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rows {
+		f := feats[r.PlayerLookup]
+		ma, _ := movingavg.New().Predict(t.Context(), f)
+		zm, _ := zonematchup.New().Predict(t.Context(), f)
+		want, err := ensemble.New(movingavg.ID, zonematchup.ID).Combine(t.Context(), f,
+			map[string]systems.Estimate{movingavg.ID: ma, zonematchup.ID: zm})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.SystemID != ensemble.ID || r.ProducedBy != ensemble.ID || r.PredictedPoints != want.Points || r.Confidence != want.Confidence {
+			t.Errorf("row %+v, want %+v", r, want)
+		}
+	}
+}
+
+func TestEnsembleWithTooFewInputsFallsBack(t *testing.T) {
+	t.Parallel()
+	down := &stub{id: "down", fn: func(context.Context, *systems.Features) (systems.Estimate, error) {
+		return systems.Estimate{}, errors.New("down")
+	}}
+	b := setup(t, nil, func(r *systems.Registry) {
+		r.Register(movingavg.New(), "")
+		r.Register(down, "")
+		r.Register(ensemble.New(movingavg.ID, "down"), movingavg.ID)
+	})
+	e := b.engine(t, Config{BreakerFailures: 1000})
+	batch, _, err := e.Submit(t.Context(), "ens", state.Request{GameDate: "2025-01-15", Players: players(t, 3),
+		Systems: []string{ensemble.ID, movingavg.ID}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Run(t.Context(), batch.ID, RunOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range b.rows(t, batch.ID) {
+		if r.SystemID != ensemble.ID {
+			continue
+		}
+		if !r.Fallback || r.FallbackReason != "insufficient_data" || r.ProducedBy != movingavg.ID {
+			t.Errorf("ensemble row with one input = %+v, want a moving_average fallback (insufficient_data)", r)
+		}
+	}
+}
+
+func TestInvalidFeaturesGiveFailureRecords(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil, nil)
+	e := b.engine(t, Config{MinQuality: 101}) // nobody's data is good enough
+	batch, _, err := e.Submit(t.Context(), "q", state.Request{GameDate: "2025-01-15", Players: players(t, 2)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done, err := e.Run(t.Context(), batch.ID, RunOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if done.FailedItems != 4 || done.Predictions != 0 {
+		t.Fatalf("failed %d predictions %d", done.FailedItems, done.Predictions)
+	}
+	for _, r := range b.rows(t, batch.ID) {
+		if !r.Failed || !strings.HasPrefix(r.FailureReason, "invalid_features: quality") {
+			t.Errorf("row = %+v", r)
+		}
+	}
+}
+
+// With FAULTS hanging one system, a chunk's fan-out still finishes within
+// that system's timeout plus 100 ms, and every affected row says timeout.
+// (The one timing bound the design asks for; it measures the fan-out alone,
+// not the disk writes around it.)
+func TestHungSystemCostsOnlyItsTimeout(t *testing.T) {
+	t.Parallel()
+	rules, err := ParseFaults("system=zone_matchup_v1,kind=hang,rate=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := setup(t, nil, nil)
+	const timeout = 300 * time.Millisecond
+	e := b.engine(t, Config{Faults: rules, SystemTimeouts: map[string]time.Duration{zonematchup.ID: timeout},
+		BreakerFailures: 100000, Concurrency: 200})
+	batch, _, err := e.Submit(t.Context(), "hang", state.Request{GameDate: "2025-01-15", Players: players(t, 50), ChunkSize: 50})
+	if err != nil {
+		t.Fatal(err)
+	}
+	feats, err := b.features.Features(t.Context(), "2025-01-15", batch.Items)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	rows, _ := e.predictChunk(t.Context(), batch, batch.Chunk(0), feats, e.log)
+	took := time.Since(start)
+	t.Logf("fan-out of 50 players × 2 systems with one hung (timeout %v): %v", timeout, took)
+	hung := 0
+	for _, r := range rows {
+		if r.SystemID == zonematchup.ID {
+			hung++
+			if r.FallbackReason != "timeout" || !r.Fallback || r.ProducedBy != movingavg.ID {
+				t.Errorf("row %+v, want a fallback with reason timeout", r)
+			}
+		}
+	}
+	if hung != 50 {
+		t.Fatalf("%d rows of the hung system, want 50", hung)
+	}
+	if took > timeout+100*time.Millisecond {
+		t.Errorf("fan-out took %v, more than the timeout %v + 100ms", took, timeout)
 	}
 }

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -28,11 +30,8 @@ import (
 	"github.com/predworker/predworker/state"
 	statefirestore "github.com/predworker/predworker/state/firestore"
 	statesqlite "github.com/predworker/predworker/state/sqlite"
-	"github.com/predworker/predworker/systems"
 	"github.com/predworker/predworker/systems/league"
-	"github.com/predworker/predworker/systems/movingavg"
 	sinksqlite "github.com/predworker/predworker/systems/sqlite"
-	"github.com/predworker/predworker/systems/zonematchup"
 	"github.com/predworker/predworker/worker"
 )
 
@@ -72,12 +71,9 @@ type app struct {
 	log         *slog.Logger
 }
 
-// registry lists the systems this build runs and their fallbacks.
-func newRegistry() *systems.Registry {
-	r := systems.NewRegistry()
-	r.Register(movingavg.New(), "")
-	r.Register(zonematchup.New(), movingavg.ID)
-	return r
+func shortHash(b []byte) string {
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:4])
 }
 
 func newApp(ctx context.Context, cfg *Config, log *slog.Logger) (*app, error) {
@@ -98,8 +94,12 @@ func newApp(ctx context.Context, cfg *Config, log *slog.Logger) (*app, error) {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	registry, err := newRegistry(cfg)
+	if err != nil {
+		return nil, errors.Join(err, dead.Close(), sink.Close(), store.Close())
+	}
 	engine, err := worker.New(cfg.engineConfig(), worker.Deps{
-		Store: store, Features: league.Lazy{}, Sink: sink, Registry: newRegistry(),
+		Store: store, Features: league.Lazy{}, Sink: sink, Registry: registry,
 		Logger: log, Metrics: worker.NewMetrics(reg, store),
 	})
 	if err != nil {

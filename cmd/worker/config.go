@@ -52,6 +52,15 @@ type Config struct {
 	BreakerCooldown   time.Duration `env:"BREAKER_COOLDOWN, default=10s"`
 	Faults            string        `env:"FAULTS"`
 
+	// Prediction systems: which run, their fallbacks and thresholds, the
+	// tree model's file, the feature quality floor.
+	Systems          []string `env:"SYSTEMS"`
+	SystemFallbacks  string   `env:"SYSTEM_FALLBACKS, default=zone_matchup_v1=moving_average,similarity_balanced_v1=moving_average,xgboost_v1=moving_average,ensemble_v1=moving_average"`
+	SystemThresholds string   `env:"SYSTEM_THRESHOLDS"` // id=edge:confidence,...
+	ModelPath        string   `env:"XGBOOST_MODEL_PATH"`
+	ModelOptional    bool     `env:"XGBOOST_MODEL_OPTIONAL, default=false"`
+	MinQuality       float64  `env:"MIN_FEATURE_QUALITY, default=50"`
+
 	// Authentication. Push: Pub/Sub's OIDC token for this audience from one
 	// of these service accounts. Operator API: a static bearer token and/or
 	// an ID token for OPERATOR_AUDIENCE from one of OPERATOR_EMAILS.
@@ -144,6 +153,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("PUSH_BUDGET must be at most 600s, Pub/Sub's longest ack deadline (got %s)", c.PushBudget)
 	case c.MaxAttempts < 1 || c.MaxAttempts > 100:
 		return fmt.Errorf("MAX_DELIVERY_ATTEMPTS must be from 1 to 100 (got %d)", c.MaxAttempts)
+	case c.MinQuality < 0 || c.MinQuality > 100:
+		return fmt.Errorf("MIN_FEATURE_QUALITY must be from 0 to 100 (got %g)", c.MinQuality)
 	case c.BreakerFailures < 1:
 		return fmt.Errorf("BREAKER_FAILURES must be at least 1 (got %d)", c.BreakerFailures)
 	}
@@ -230,6 +241,7 @@ func (c *Config) engineConfig() worker.Config {
 		Faults:            c.faults,
 		BreakerFailures:   uint32(c.BreakerFailures),
 		BreakerCooldown:   c.BreakerCooldown,
+		MinQuality:        c.MinQuality,
 		// Every process sharing a SQLite file runs on this machine, so a
 		// lease whose owner process is gone can be taken over at once.
 		LocalOwners: c.StateStore == "sqlite",

@@ -1,11 +1,15 @@
 package main
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/sethvargo/go-envconfig"
+
+	"github.com/predworker/predworker/systems"
 )
 
 func TestConfigDefaults(t *testing.T) {
@@ -80,5 +84,77 @@ func TestConfigParsesFaultsAndTimeouts(t *testing.T) {
 	ec := c.engineConfig()
 	if len(ec.Faults) != 2 || ec.SystemTimeouts["zone_matchup_v1"] != 500*time.Millisecond || !ec.LocalOwners {
 		t.Fatalf("engine config = %+v", ec)
+	}
+}
+
+func TestSystemPolicy(t *testing.T) {
+	t.Parallel()
+	load := func(env map[string]string) (*Config, error) {
+		return LoadConfig(t.Context(), envconfig.MapLookuper(env))
+	}
+	c, err := load(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := newRegistry(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(r.IDs(), ","); got != "ensemble_v1,moving_average,similarity_balanced_v1,xgboost_v1,zone_matchup_v1" {
+		t.Fatalf("default systems = %s", got)
+	}
+	if r.Fallback("xgboost_v1") != "moving_average" || r.Fallback("moving_average") != "" {
+		t.Fatalf("default fallbacks wrong")
+	}
+	bad := filepath.Join(t.TempDir(), "corrupt.txt")
+	if err := os.WriteFile(bad, []byte("tree\nversion=v3\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		env  map[string]string
+		want string
+	}{
+		{map[string]string{"SYSTEMS": "moving_average,gpt5"}, "SYSTEMS names unknown system"},
+		{map[string]string{"SYSTEM_FALLBACKS": "moving_average=zone_matchup_v1,zone_matchup_v1=moving_average"}, "loops"},
+		{map[string]string{"SYSTEM_FALLBACKS": "oracle=moving_average"}, "unknown system"},
+		{map[string]string{"SYSTEMS": "zone_matchup_v1", "SYSTEM_FALLBACKS": "zone_matchup_v1=moving_average"}, "not a registered system"},
+		{map[string]string{"SYSTEM_THRESHOLDS": "moving_average=high"}, "edge:confidence"},
+		{map[string]string{"XGBOOST_MODEL_PATH": bad}, "XGBOOST_MODEL_PATH"},
+		{map[string]string{"XGBOOST_MODEL_PATH": filepath.Join(t.TempDir(), "missing.txt")}, "XGBOOST_MODEL_PATH"},
+	} {
+		c, err := load(tc.env)
+		if err == nil {
+			_, err = newRegistry(c)
+		}
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: %v, want an error with %q", tc.env, err, tc.want)
+		}
+	}
+	// Optional model: a missing file gives a stand-in whose rows fall back.
+	c, err = load(map[string]string{"XGBOOST_MODEL_PATH": filepath.Join(t.TempDir(), "missing.txt"), "XGBOOST_MODEL_OPTIONAL": "true"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err = newRegistry(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, _ := r.Get("xgboost_v1")
+	if _, err := s.Predict(t.Context(), &systems.Features{}); err == nil || s.Version() != "xgboost_v1-unavailable" {
+		t.Fatalf("optional missing model = %s, %v", s.Version(), err)
+	}
+	// Thresholds apply.
+	c, err = load(map[string]string{"SYSTEMS": "moving_average", "SYSTEM_THRESHOLDS": "moving_average=0:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err = newRegistry(c); err != nil {
+		t.Fatal(err)
+	}
+	ma, _ := r.Get("moving_average")
+	// 10 − 0.5 away = 9.5 against 9.0: edge 0.5 > 0 and confidence 70 > 0: OVER (PASS with the default 2.0:45).
+	est, err := ma.Predict(t.Context(), &systems.Features{PointsAvgL5: 10, PointsAvgL10: 10, PointsAvgSeason: 10, GamesPlayed: 20, HasLine: true, Line: 9})
+	if err != nil || est.Recommendation != systems.Over {
+		t.Fatalf("thresholds 0:0 gave %+v, %v", est, err)
 	}
 }
