@@ -781,9 +781,12 @@ func (e *Engine) noteFailure(ctx context.Context, f *systems.Features, id, reaso
 	attrs := []any{logging.Event(logging.EventFallbackUsed), slog.String("system_id", id),
 		slog.String("player_lookup", f.PlayerLookup), slog.String("reason", reason),
 		slog.String("fallback", e.registry.Fallback(id))}
-	if reason == "panic" {
+	switch reason {
+	case "panic":
 		log.Error("system panicked", append(attrs, logging.Err(err))...)
-	} else {
+	case "insufficient_data": // the system declined, as designed: not a failure
+		log.Debug("system declined", append(attrs, slog.String("error", err.Error()))...)
+	default:
 		log.Warn("system failed", append(attrs, slog.String("error", err.Error()))...)
 	}
 }

@@ -3,6 +3,7 @@
 //	worker [serve]                      HTTP service (the default)
 //	worker run --date 2025-01-15 …      one batch in the foreground
 //	worker status BATCH_ID              a batch's status as JSON
+//	worker score --from … --to …        MAE and hit rate per system
 //
 // Configuration comes from the environment (see the README). main only wires.
 package main
@@ -48,6 +49,8 @@ const usage = `usage:
   worker run --date YYYY-MM-DD [--players a,b] [--systems x,y] [--batch-id ID] [--chunk-size N]
                                        run one batch in the foreground; rerun to resume
   worker status BATCH_ID               print a batch's status as JSON
+  worker score --batch-id ID | --from DATE --to DATE
+                                       score predictions against the synthetic league's actual points
 configuration is read from the environment; see the README`
 
 // realMain runs a subcommand. stopSignals restores default signal handling
@@ -61,7 +64,7 @@ func realMain(ctx context.Context, stopSignals func(), args []string, stdout, st
 	case "-h", "--help", "help":
 		_, err := fmt.Fprintln(stdout, usage)
 		return err
-	case "serve", "run", "status":
+	case "serve", "run", "status", "score":
 	default:
 		return usageError{fmt.Sprintf("unknown command %q\n%s", cmd, usage)}
 	}
@@ -74,6 +77,8 @@ func realMain(ctx context.Context, stopSignals func(), args []string, stdout, st
 		return runCommand(ctx, stopSignals, cfg, args, stdout, stderr)
 	case "status":
 		return statusCommand(ctx, cfg, args, stdout, stderr)
+	case "score":
+		return scoreCommand(ctx, cfg, args, stdout, stderr)
 	}
 	if len(args) > 0 {
 		return usageError{fmt.Sprintf("serve takes no arguments\n%s", usage)}

@@ -1,0 +1,85 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/predworker/predworker/state"
+	"github.com/predworker/predworker/systems"
+	"github.com/predworker/predworker/systems/league"
+	"github.com/predworker/predworker/worker"
+)
+
+// scoreCommand scores finished batches against the synthetic league's actual
+// points: one batch (--batch-id), or every date of a range (--from, --to),
+// running the batches that do not exist yet.
+func scoreCommand(ctx context.Context, cfg *Config, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("score", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	batchID := fs.String("batch-id", "", "score this finished batch")
+	from := fs.String("from", "", "first date of a range to run and score, YYYY-MM-DD")
+	to := fs.String("to", "", "last date of the range (inclusive)")
+	if err := fs.Parse(args); err != nil {
+		return usageError{err.Error()}
+	}
+	if (*batchID == "") == (*from == "") {
+		return usageError{"score: give either --batch-id ID or --from DATE --to DATE"}
+	}
+	log, err := newLogger(cfg, stderr, true)
+	if err != nil {
+		return err
+	}
+	a, err := newApp(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = a.Close() }()
+	sc := league.NewScorer(league.Default())
+	add := func(id string) error {
+		return a.sink.ReadPredictions(ctx, id, func(p *systems.Prediction) error { sc.Add(p); return nil })
+	}
+	if *batchID != "" {
+		b, err := a.store.Get(ctx, *batchID)
+		if err != nil {
+			return err
+		}
+		if b.Status != state.StatusCompleted {
+			return fmt.Errorf("batch %s is %s, not completed", b.ID, b.Status)
+		}
+		if err := add(b.ID); err != nil {
+			return err
+		}
+		return league.WriteTable(stdout, sc.Results())
+	}
+	start, err1 := time.Parse(time.DateOnly, *from)
+	end, err2 := time.Parse(time.DateOnly, *to)
+	if err1 != nil || err2 != nil || end.Before(start) {
+		return usageError{"score: --from and --to must be dates like 2025-01-01, --to not before --from"}
+	}
+	days := 0
+	for d := start; !d.After(end); d = d.AddDate(0, 0, 1) {
+		b, _, err := a.engine.Submit(ctx, "", state.Request{GameDate: d.Format(time.DateOnly)})
+		var ie *worker.InputError
+		if errors.As(err, &ie) {
+			continue // no games that day
+		}
+		if err != nil {
+			return err
+		}
+		if b.Status != state.StatusCompleted {
+			if b, err = a.engine.Run(ctx, b.ID, worker.RunOptions{}); err != nil {
+				return fmt.Errorf("run %s: %w", b.ID, err)
+			}
+		}
+		if err := add(b.ID); err != nil {
+			return err
+		}
+		days++
+	}
+	fmt.Fprintf(stderr, "scored %d game days from %s to %s\n", days, *from, *to)
+	return league.WriteTable(stdout, sc.Results())
+}
