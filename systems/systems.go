@@ -29,6 +29,9 @@ var (
 	// Adapters wrap their transient failures (5xx, rate limits, timeouts)
 	// with it so they are never mistaken for "no data".
 	ErrUnavailable = errors.New("feature source or sink unavailable")
+	// ErrPermanent: the feature source or sink failed in a way retrying
+	// cannot fix (a missing table, an invalid query): the batch fails.
+	ErrPermanent = errors.New("feature source or sink failed permanently")
 )
 
 // GameLog is one past game of a player, as the similarity systems see it.

@@ -43,7 +43,7 @@ func Classify(err error) (c Class, transient bool) {
 		return ClassConflict, false
 	case errors.Is(err, state.ErrNotFound):
 		return ClassNotFound, false
-	case errors.As(err, &be):
+	case errors.As(err, &be), errors.Is(err, systems.ErrPermanent):
 		return ClassInternal, false
 	case errors.Is(err, state.ErrLeaseHeld):
 		return ClassBusy, true

@@ -493,7 +493,7 @@ func (e *Engine) fail(ctx context.Context, b state.Batch, l state.Lease, cause e
 func permanent(err error) bool {
 	return errors.Is(err, systems.ErrNoGames) || errors.Is(err, systems.ErrUnknownDate) ||
 		errors.Is(err, state.ErrNotFound) || errors.Is(err, state.ErrFinished) ||
-		errors.Is(err, errPermanent)
+		errors.Is(err, systems.ErrPermanent) || errors.Is(err, errPermanent)
 }
 
 var errPermanent = errors.New("permanent")

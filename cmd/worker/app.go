@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/api/idtoken"
 
+	"cloud.google.com/go/bigquery"
 	"cloud.google.com/go/pubsub/v2"
 
 	"github.com/predworker/predworker/api"
@@ -30,6 +31,8 @@ import (
 	"github.com/predworker/predworker/state"
 	statefirestore "github.com/predworker/predworker/state/firestore"
 	statesqlite "github.com/predworker/predworker/state/sqlite"
+	"github.com/predworker/predworker/systems"
+	bqsource "github.com/predworker/predworker/systems/bigquery"
 	"github.com/predworker/predworker/systems/league"
 	sinksqlite "github.com/predworker/predworker/systems/sqlite"
 	"github.com/predworker/predworker/worker"
@@ -71,6 +74,23 @@ type app struct {
 	log         *slog.Logger
 }
 
+// newFeatureSource returns the configured feature source and its closer.
+func newFeatureSource(ctx context.Context, cfg *Config) (systems.FeatureSource, func() error, error) {
+	if cfg.FeatureSource != "bigquery" {
+		return league.Lazy{}, func() error { return nil }, nil
+	}
+	client, err := bigquery.NewClient(ctx, cfg.Project) // one shared client per process
+	if err != nil {
+		return nil, nil, fmt.Errorf("bigquery client: %w", err)
+	}
+	src, err := bqsource.New(client, bqsource.Options{TableProject: cfg.FeaturesProject, Dataset: cfg.FeaturesDataset,
+		Table: cfg.FeaturesTable, CallTimeout: cfg.BigQueryTimeout})
+	if err != nil {
+		return nil, nil, errors.Join(err, client.Close())
+	}
+	return src, client.Close, nil
+}
+
 func shortHash(b []byte) string {
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:4])
@@ -98,15 +118,19 @@ func newApp(ctx context.Context, cfg *Config, log *slog.Logger) (*app, error) {
 	if err != nil {
 		return nil, errors.Join(err, dead.Close(), sink.Close(), store.Close())
 	}
+	features, closeFeatures, err := newFeatureSource(ctx, cfg)
+	if err != nil {
+		return nil, errors.Join(err, dead.Close(), sink.Close(), store.Close())
+	}
 	engine, err := worker.New(cfg.engineConfig(), worker.Deps{
-		Store: store, Features: league.Lazy{}, Sink: sink, Registry: registry,
+		Store: store, Features: features, Sink: sink, Registry: registry,
 		Logger: log, Metrics: worker.NewMetrics(reg, store),
 	})
 	if err != nil {
 		return nil, errors.Join(err, dead.Close(), sink.Close(), store.Close())
 	}
 	a := &app{store: store, sink: sink, dead: dead, engine: engine, registry: reg, log: log,
-		deadLetters: dead, publisher: worker.LogPublisher{Log: log}, closeEvents: func() error { return nil }}
+		deadLetters: dead, publisher: worker.LogPublisher{Log: log}, closeEvents: closeFeatures}
 	if cfg.Events == "pubsub" || cfg.ContinuationTopic != "" {
 		client, err := pubsub.NewClient(ctx, cfg.Project)
 		if err != nil {
@@ -128,7 +152,7 @@ func newApp(ctx context.Context, cfg *Config, log *slog.Logger) (*app, error) {
 			for _, stop := range stops {
 				stop()
 			}
-			return client.Close()
+			return errors.Join(client.Close(), closeFeatures())
 		}
 	}
 	return a, nil

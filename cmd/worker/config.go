@@ -11,6 +11,7 @@ import (
 
 	"github.com/sethvargo/go-envconfig"
 
+	bqsource "github.com/predworker/predworker/systems/bigquery"
 	"github.com/predworker/predworker/worker"
 )
 
@@ -30,6 +31,12 @@ type Config struct {
 	// or test runs can share one database.
 	FirestoreDatabase string `env:"FIRESTORE_DATABASE, default=(default)"`
 	FirestorePrefix   string `env:"FIRESTORE_PREFIX"`
+	// BigQuery feature table (FEATURE_SOURCE=bigquery); the project defaults
+	// to GOOGLE_CLOUD_PROJECT.
+	FeaturesProject string        `env:"BIGQUERY_FEATURES_PROJECT"`
+	FeaturesDataset string        `env:"BIGQUERY_FEATURES_DATASET, default=nba_predictions"`
+	FeaturesTable   string        `env:"BIGQUERY_FEATURES_TABLE, default=player_features"`
+	BigQueryTimeout time.Duration `env:"BIGQUERY_TIMEOUT, default=30s"`
 	// Pub/Sub topics for EVENTS=pubsub (ids in GOOGLE_CLOUD_PROJECT, or full names).
 	CompletionTopic string `env:"COMPLETION_TOPIC, default=predworker-completions"`
 	DeadLetterTopic string `env:"DEAD_LETTER_TOPIC, default=predworker-dead-letters"`
@@ -163,7 +170,7 @@ func (c *Config) validate() error {
 	}
 	for _, e := range []error{
 		oneOf("STATE_STORE", c.StateStore, "sqlite", "firestore"),
-		oneOf("FEATURE_SOURCE", c.FeatureSource, "local"),
+		oneOf("FEATURE_SOURCE", c.FeatureSource, "local", "bigquery"),
 		oneOf("PREDICTION_SINK", c.PredictionSink, "sqlite"),
 		oneOf("EVENTS", c.Events, "log", "pubsub"),
 		oneOf("LOG_FORMAT", c.LogFormat, "json", "text"),
@@ -177,6 +184,20 @@ func (c *Config) validate() error {
 	}
 	if c.Events == "pubsub" && c.Project == "" {
 		return fmt.Errorf("GOOGLE_CLOUD_PROJECT must be set when EVENTS=pubsub")
+	}
+	if c.FeatureSource == "bigquery" {
+		if c.Project == "" {
+			return fmt.Errorf("GOOGLE_CLOUD_PROJECT must be set when FEATURE_SOURCE=bigquery")
+		}
+		if c.FeaturesProject == "" {
+			c.FeaturesProject = c.Project
+		}
+		if err := (bqsource.Options{TableProject: c.FeaturesProject, Dataset: c.FeaturesDataset, Table: c.FeaturesTable}).ValidateIdentifiers(); err != nil {
+			return err
+		}
+		if c.BigQueryTimeout <= 0 {
+			return fmt.Errorf("BIGQUERY_TIMEOUT must be a positive duration")
+		}
 	}
 	if c.ContinuationTopic != "" && c.Project == "" {
 		return fmt.Errorf("GOOGLE_CLOUD_PROJECT must be set when PUSH_CONTINUATION_TOPIC is")

@@ -64,6 +64,8 @@ func TestConfigRejects(t *testing.T) {
 		{map[string]string{"OPERATOR_EMAILS": "a@b.c"}, "OPERATOR_AUDIENCE"},
 		{map[string]string{"OPERATOR_TOKEN": "short"}, "OPERATOR_TOKEN"},
 		{map[string]string{"MAX_DELIVERY_ATTEMPTS": "0"}, "MAX_DELIVERY_ATTEMPTS"},
+		{map[string]string{"FEATURE_SOURCE": "bigquery"}, "GOOGLE_CLOUD_PROJECT must be set"},
+		{map[string]string{"FEATURE_SOURCE": "bigquery", "GOOGLE_CLOUD_PROJECT": "my-project", "BIGQUERY_FEATURES_TABLE": "t`; DROP"}, "BIGQUERY_FEATURES_TABLE"},
 	} {
 		_, err := LoadConfig(t.Context(), envconfig.MapLookuper(tc.env))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
