@@ -8,6 +8,11 @@ import (
 
 	"github.com/predworker/predworker/state"
 	"github.com/predworker/predworker/systems"
+	"github.com/predworker/predworker/systems/ensemble"
+	"github.com/predworker/predworker/systems/movingavg"
+	"github.com/predworker/predworker/systems/similarity"
+	"github.com/predworker/predworker/systems/treemodel"
+	"github.com/predworker/predworker/systems/zonematchup"
 )
 
 // Benchmarks (not timed tests). Run:
@@ -78,6 +83,23 @@ func runBench(b *testing.B, bd *bundle, store state.Store, sink systems.Sink, cf
 // default: SQLite state and sink, synthetic features.
 func BenchmarkFullSlate(b *testing.B) {
 	bd := setup(b, nil, nil)
+	runBench(b, bd, bd.store, bd.sink, Config{}, state.Request{GameDate: "2025-01-15"})
+}
+
+// The same slate with all five bundled systems (ensemble_v1 over the four
+// others, xgboost_v1 from the bundled model).
+func BenchmarkFullSlateAllSystems(b *testing.B) {
+	model, err := treemodel.LoadBundled()
+	if err != nil {
+		b.Fatal(err)
+	}
+	bd := setup(b, nil, func(r *systems.Registry) {
+		r.Register(movingavg.New(), "")
+		r.Register(zonematchup.New(), movingavg.ID)
+		r.Register(similarity.New(), movingavg.ID)
+		r.Register(model, movingavg.ID)
+		r.Register(ensemble.New(movingavg.ID, zonematchup.ID, similarity.ID, treemodel.ID), movingavg.ID)
+	})
 	runBench(b, bd, bd.store, bd.sink, Config{}, state.Request{GameDate: "2025-01-15"})
 }
 

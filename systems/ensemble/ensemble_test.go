@@ -43,3 +43,14 @@ func TestCombine(t *testing.T) {
 		t.Fatalf("Predict alone: %v", err)
 	}
 }
+
+func BenchmarkCombine(b *testing.B) {
+	e := ensemble.New("a", "b", "c", "d")
+	in := map[string]systems.Estimate{"a": {Points: 20, Confidence: 60}, "b": {Points: 21, Confidence: 55},
+		"c": {Points: 19.5, Confidence: 70}, "d": {Points: 22, Confidence: 50}}
+	f := &systems.Features{HasLine: true, Line: 18.5}
+	b.ReportAllocs()
+	for b.Loop() {
+		_, _ = e.Combine(b.Context(), f, in)
+	}
+}
