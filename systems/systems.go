@@ -254,6 +254,14 @@ type Sink interface {
 	Write(ctx context.Context, batchID string, epoch int64, rows []Prediction) error
 }
 
+// Finalizer is a Sink that must do something once a batch's last chunk is
+// written (the BigQuery sink's MERGE from staging). The engine calls Finalize
+// before it marks the batch completed, and again after any crash in between,
+// so Finalize must be idempotent.
+type Finalizer interface {
+	Finalize(ctx context.Context, batchID, gameDate string) error
+}
+
 // PredictionReader streams the stored rows of a batch in key order.
 type PredictionReader interface {
 	ReadPredictions(ctx context.Context, batchID string, fn func(*Prediction) error) error

@@ -426,6 +426,14 @@ func (e *Engine) RunClaimed(ctx context.Context, b state.Batch, opts RunOptions)
 			opts.OnProgress(b)
 		}
 	}
+	if fin, ok := e.sink.(systems.Finalizer); ok {
+		err = e.retry(runCtx, "finalize predictions", func() error {
+			return fin.Finalize(runCtx, b.ID, b.Request.GameDate)
+		})
+		if err != nil {
+			return e.stopped(ctx, runCtx, b, guard, err, log)
+		}
+	}
 	lease := guard.lease()
 	err = e.retry(runCtx, "finish", func() error {
 		return e.store.Finish(runCtx, b.ID, lease, state.StatusCompleted, "")

@@ -61,8 +61,11 @@ func newLogger(cfg *Config, w io.Writer, quiet bool) (*slog.Logger, error) {
 // app is the wired program: backends, engine, metrics.
 type app struct {
 	store state.Store
-	sink  *sinksqlite.Sink
-	dead  *eventssqlite.Store
+	sink  systems.Sink
+	// reader reads predictions back (the embedded sink); nil for BigQuery.
+	reader    systems.PredictionReader
+	closeSink func() error
+	dead      *eventssqlite.Store
 	// deadLetters is dead (plus publication to the dead-letter topic with
 	// EVENTS=pubsub); publisher delivers completion events.
 	deadLetters events.DeadLetters
@@ -72,6 +75,28 @@ type app struct {
 	engine      *worker.Engine
 	registry    *prometheus.Registry
 	log         *slog.Logger
+}
+
+// newSink returns the configured prediction sink, its reader (nil when the
+// sink cannot be read back) and its closer.
+func newSink(ctx context.Context, cfg *Config) (systems.Sink, systems.PredictionReader, func() error, error) {
+	if cfg.PredictionSink != "bigquery" {
+		s, err := sinksqlite.New(ctx, filepath.Join(cfg.DataDir, "predictions.db"))
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		return s, s, s.Close, nil
+	}
+	client, err := bigquery.NewClient(ctx, cfg.Project)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("bigquery client: %w", err)
+	}
+	s, err := bqsource.NewSink(client, bqsource.SinkOptions{Project: cfg.PredictionsProject, Dataset: cfg.PredictionsDataset,
+		Staging: cfg.StagingTable, Final: cfg.PredictionsTable, CallTimeout: cfg.BigQueryTimeout})
+	if err != nil {
+		return nil, nil, nil, errors.Join(err, client.Close())
+	}
+	return s, nil, client.Close, nil
 }
 
 // newFeatureSource returns the configured feature source and its closer.
@@ -104,32 +129,32 @@ func newApp(ctx context.Context, cfg *Config, log *slog.Logger) (*app, error) {
 	if err != nil {
 		return nil, err
 	}
-	sink, err := sinksqlite.New(ctx, filepath.Join(cfg.DataDir, "predictions.db"))
+	sink, reader, closeSink, err := newSink(ctx, cfg)
 	if err != nil {
 		return nil, errors.Join(err, store.Close())
 	}
 	dead, err := eventssqlite.New(ctx, filepath.Join(cfg.DataDir, "events.db"))
 	if err != nil {
-		return nil, errors.Join(err, sink.Close(), store.Close())
+		return nil, errors.Join(err, closeSink(), store.Close())
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	registry, err := newRegistry(cfg)
 	if err != nil {
-		return nil, errors.Join(err, dead.Close(), sink.Close(), store.Close())
+		return nil, errors.Join(err, dead.Close(), closeSink(), store.Close())
 	}
 	features, closeFeatures, err := newFeatureSource(ctx, cfg)
 	if err != nil {
-		return nil, errors.Join(err, dead.Close(), sink.Close(), store.Close())
+		return nil, errors.Join(err, dead.Close(), closeSink(), store.Close())
 	}
 	engine, err := worker.New(cfg.engineConfig(), worker.Deps{
 		Store: store, Features: features, Sink: sink, Registry: registry,
 		Logger: log, Metrics: worker.NewMetrics(reg, store),
 	})
 	if err != nil {
-		return nil, errors.Join(err, dead.Close(), sink.Close(), store.Close())
+		return nil, errors.Join(err, dead.Close(), closeSink(), store.Close())
 	}
-	a := &app{store: store, sink: sink, dead: dead, engine: engine, registry: reg, log: log,
+	a := &app{store: store, sink: sink, reader: reader, closeSink: closeSink, dead: dead, engine: engine, registry: reg, log: log,
 		deadLetters: dead, publisher: worker.LogPublisher{Log: log}, closeEvents: closeFeatures}
 	if cfg.Events == "pubsub" || cfg.ContinuationTopic != "" {
 		client, err := pubsub.NewClient(ctx, cfg.Project)
@@ -173,7 +198,7 @@ func (a *app) Close() error {
 	if a.closeEvents != nil {
 		closeEvents = a.closeEvents()
 	}
-	return errors.Join(closeEvents, a.dead.Close(), a.sink.Close(), a.store.Close())
+	return errors.Join(closeEvents, a.dead.Close(), a.closeSink(), a.store.Close())
 }
 
 // newAuth builds the authentication policies from the configuration.
@@ -212,7 +237,7 @@ func serve(ctx context.Context, stopSignals func(), cfg *Config, log *slog.Logge
 		return err
 	}
 	srv := &http.Server{
-		Handler: api.New(api.Options{Engine: a.engine, Runner: runner, Store: a.store, Predictions: a.sink,
+		Handler: api.New(api.Options{Engine: a.engine, Runner: runner, Store: a.store, Predictions: a.reader,
 			Metrics: promhttp.HandlerFor(a.registry, promhttp.HandlerOpts{}), Logger: log, Project: cfg.Project,
 			DeadLetters: a.deadLetters, PushBudget: cfg.PushBudget, MaxAttempts: cfg.MaxAttempts, Auth: auth, Continuer: a.continuer}).Handler(),
 		ReadHeaderTimeout: 10 * time.Second,

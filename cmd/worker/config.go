@@ -37,6 +37,12 @@ type Config struct {
 	FeaturesDataset string        `env:"BIGQUERY_FEATURES_DATASET, default=nba_predictions"`
 	FeaturesTable   string        `env:"BIGQUERY_FEATURES_TABLE, default=player_features"`
 	BigQueryTimeout time.Duration `env:"BIGQUERY_TIMEOUT, default=30s"`
+	// BigQuery prediction tables (PREDICTION_SINK=bigquery); the project
+	// defaults to GOOGLE_CLOUD_PROJECT.
+	PredictionsProject string `env:"BIGQUERY_PREDICTIONS_PROJECT"`
+	PredictionsDataset string `env:"BIGQUERY_PREDICTIONS_DATASET, default=nba_predictions"`
+	PredictionsTable   string `env:"BIGQUERY_PREDICTIONS_TABLE, default=predictions"`
+	StagingTable       string `env:"BIGQUERY_STAGING_TABLE, default=predictions_staging"`
 	// Pub/Sub topics for EVENTS=pubsub (ids in GOOGLE_CLOUD_PROJECT, or full names).
 	CompletionTopic string `env:"COMPLETION_TOPIC, default=predworker-completions"`
 	DeadLetterTopic string `env:"DEAD_LETTER_TOPIC, default=predworker-dead-letters"`
@@ -171,7 +177,7 @@ func (c *Config) validate() error {
 	for _, e := range []error{
 		oneOf("STATE_STORE", c.StateStore, "sqlite", "firestore"),
 		oneOf("FEATURE_SOURCE", c.FeatureSource, "local", "bigquery"),
-		oneOf("PREDICTION_SINK", c.PredictionSink, "sqlite"),
+		oneOf("PREDICTION_SINK", c.PredictionSink, "sqlite", "bigquery"),
 		oneOf("EVENTS", c.Events, "log", "pubsub"),
 		oneOf("LOG_FORMAT", c.LogFormat, "json", "text"),
 	} {
@@ -197,6 +203,19 @@ func (c *Config) validate() error {
 		}
 		if c.BigQueryTimeout <= 0 {
 			return fmt.Errorf("BIGQUERY_TIMEOUT must be a positive duration")
+		}
+	}
+	if c.PredictionSink == "bigquery" {
+		if c.Project == "" {
+			return fmt.Errorf("GOOGLE_CLOUD_PROJECT must be set when PREDICTION_SINK=bigquery")
+		}
+		if c.PredictionsProject == "" {
+			c.PredictionsProject = c.Project
+		}
+		for name, v := range map[string]string{"BIGQUERY_PREDICTIONS_TABLE": c.PredictionsTable, "BIGQUERY_STAGING_TABLE": c.StagingTable} {
+			if err := (bqsource.Options{TableProject: c.PredictionsProject, Dataset: c.PredictionsDataset, Table: v}).ValidateIdentifiers(); err != nil {
+				return fmt.Errorf("%s: %w", name, err)
+			}
 		}
 	}
 	if c.ContinuationTopic != "" && c.Project == "" {

@@ -38,9 +38,12 @@ func scoreCommand(ctx context.Context, cfg *Config, args []string, stdout, stder
 		return err
 	}
 	defer func() { _ = a.Close() }()
+	if a.reader == nil {
+		return fmt.Errorf("score reads predictions back from the embedded sink; PREDICTION_SINK=%s cannot be read here", cfg.PredictionSink)
+	}
 	sc := league.NewScorer(league.Default())
 	add := func(id string) error {
-		return a.sink.ReadPredictions(ctx, id, func(p *systems.Prediction) error { sc.Add(p); return nil })
+		return a.reader.ReadPredictions(ctx, id, func(p *systems.Prediction) error { sc.Add(p); return nil })
 	}
 	if *batchID != "" {
 		b, err := a.store.Get(ctx, *batchID)
