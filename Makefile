@@ -12,10 +12,11 @@ test:
 test-short:
 	go test -count=1 $$(go list ./... | grep -v /e2e)
 
-## lint: vet and staticcheck
+## lint: vet, staticcheck and the Dockerfile linter
 lint:
 	go vet ./...
 	go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
+	npx --yes dockerfilelint@1.8.0 Dockerfile
 
 ## bench: the engine benchmarks quoted in the README
 bench:
