@@ -40,6 +40,8 @@ type Config struct {
 	Faults            []FaultRule
 	BreakerFailures   uint32        // consecutive failures that open a system's breaker
 	BreakerCooldown   time.Duration // how long an open breaker stays open
+	// Breakers overrides the breaker settings per system id.
+	Breakers map[string]BreakerSettings
 	// LocalOwners lets the engine replace, without waiting for expiry, a
 	// lease whose owner is a process on this machine that no longer exists.
 	// Only meaningful when every worker sharing the state store runs on this
@@ -99,6 +101,12 @@ func (c Config) Validate() error {
 	return nil
 }
 
+// BreakerSettings tunes one system's circuit breaker.
+type BreakerSettings struct {
+	Failures uint32        // consecutive failures that open it
+	Cooldown time.Duration // how long it stays open
+}
+
 // Deps are the engine's collaborators.
 type Deps struct {
 	Store    state.Store
@@ -143,6 +151,11 @@ func New(cfg Config, d Deps) (*Engine, error) {
 			return nil, fmt.Errorf("FAULTS names unknown system %q", r.System)
 		}
 	}
+	for id := range cfg.Breakers {
+		if !d.Registry.Has(id) {
+			return nil, fmt.Errorf("SYSTEM_BREAKERS names unknown system %q", id)
+		}
+	}
 	if d.Clock == nil {
 		d.Clock = clockwork.NewRealClock()
 	}
@@ -159,18 +172,22 @@ func New(cfg Config, d Deps) (*Engine, error) {
 	for _, id := range d.Registry.IDs() {
 		s, _ := d.Registry.Get(id)
 		e.systems[id] = withFaults(s, cfg.Faults)
+		bs := BreakerSettings{Failures: cfg.BreakerFailures, Cooldown: cfg.BreakerCooldown}
+		if o, ok := cfg.Breakers[id]; ok {
+			bs = o
+		}
 		e.breakers[id] = gobreaker.NewCircuitBreaker[systems.Estimate](gobreaker.Settings{
 			Name:    id,
-			Timeout: cfg.BreakerCooldown,
+			Timeout: bs.Cooldown,
 			ReadyToTrip: func(c gobreaker.Counts) bool {
-				return c.ConsecutiveFailures >= cfg.BreakerFailures
+				return c.ConsecutiveFailures >= bs.Failures
 			},
 			// A run being cancelled says nothing about the system.
 			IsExcluded: func(err error) bool { return errors.Is(err, context.Canceled) },
 			OnStateChange: func(name string, from, to gobreaker.State) {
 				if to == gobreaker.StateOpen {
 					e.log.Warn("circuit opened", logging.Event(logging.EventCircuitOpened),
-						slog.String("system_id", name), slog.Duration("cooldown", cfg.BreakerCooldown))
+						slog.String("system_id", name), slog.Duration("cooldown", bs.Cooldown))
 				}
 			},
 		})

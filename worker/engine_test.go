@@ -324,7 +324,8 @@ func TestBreakerOpens(t *testing.T) {
 		r.Register(movingavg.New(), "")
 		r.Register(failing, movingavg.ID)
 	})
-	e := b.engine(t, Config{BreakerFailures: 3, BreakerCooldown: time.Hour, Concurrency: 1})
+	// The global setting would never trip; the per-system one does.
+	e := b.engine(t, Config{BreakerFailures: 1000, Breakers: map[string]BreakerSettings{"failing": {Failures: 3, Cooldown: time.Hour}}, Concurrency: 1})
 	batch, _, err := e.Submit(t.Context(), "b", state.Request{GameDate: "2025-01-15", Players: players(t, 20), Systems: []string{"failing"}})
 	if err != nil {
 		t.Fatal(err)

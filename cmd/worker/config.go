@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"reflect"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -70,6 +71,7 @@ type Config struct {
 	Systems          []string `env:"SYSTEMS"`
 	SystemFallbacks  string   `env:"SYSTEM_FALLBACKS, default=zone_matchup_v1=moving_average,similarity_balanced_v1=moving_average,xgboost_v1=moving_average,ensemble_v1=moving_average"`
 	SystemThresholds string   `env:"SYSTEM_THRESHOLDS"` // id=edge:confidence,...
+	SystemBreakers   string   `env:"SYSTEM_BREAKERS"`   // id=failures:cooldown,...
 	ModelPath        string   `env:"XGBOOST_MODEL_PATH"`
 	ModelOptional    bool     `env:"XGBOOST_MODEL_OPTIONAL, default=false"`
 	MinQuality       float64  `env:"MIN_FEATURE_QUALITY, default=50"`
@@ -90,6 +92,7 @@ type Config struct {
 	// Parsed forms.
 	faults   []worker.FaultRule
 	timeouts map[string]time.Duration
+	breakers map[string]worker.BreakerSettings
 }
 
 // LoadConfig reads and validates the configuration from lookup (the process
@@ -253,6 +256,20 @@ func (c *Config) validate() error {
 	if c.faults, err = worker.ParseFaults(c.Faults); err != nil {
 		return fmt.Errorf("FAULTS: %w", err)
 	}
+	c.breakers = map[string]worker.BreakerSettings{}
+	for _, kv := range strings.Split(c.SystemBreakers, ",") {
+		if kv = strings.TrimSpace(kv); kv == "" {
+			continue
+		}
+		id, v, ok := strings.Cut(kv, "=")
+		n, d, ok2 := strings.Cut(v, ":")
+		failures, err1 := strconv.Atoi(n)
+		cooldown, err2 := time.ParseDuration(d)
+		if !ok || !ok2 || err1 != nil || err2 != nil || failures < 1 || cooldown <= 0 {
+			return fmt.Errorf("SYSTEM_BREAKERS must be id=failures:cooldown pairs, e.g. xgboost_v1=3:30s (bad: %q)", kv)
+		}
+		c.breakers[id] = worker.BreakerSettings{Failures: uint32(failures), Cooldown: cooldown}
+	}
 	c.timeouts = map[string]time.Duration{}
 	for _, kv := range strings.Split(c.SystemTimeouts, ",") {
 		if kv = strings.TrimSpace(kv); kv == "" {
@@ -282,6 +299,7 @@ func (c *Config) engineConfig() worker.Config {
 		BreakerFailures:   uint32(c.BreakerFailures),
 		BreakerCooldown:   c.BreakerCooldown,
 		MinQuality:        c.MinQuality,
+		Breakers:          c.breakers,
 		// Every process sharing a SQLite file runs on this machine, so a
 		// lease whose owner process is gone can be taken over at once.
 		LocalOwners: c.StateStore == "sqlite",

@@ -65,6 +65,7 @@ func TestConfigRejects(t *testing.T) {
 		{map[string]string{"OPERATOR_TOKEN": "short"}, "OPERATOR_TOKEN"},
 		{map[string]string{"MAX_DELIVERY_ATTEMPTS": "0"}, "MAX_DELIVERY_ATTEMPTS"},
 		{map[string]string{"FEATURE_SOURCE": "bigquery"}, "GOOGLE_CLOUD_PROJECT must be set"},
+		{map[string]string{"SYSTEM_BREAKERS": "xgboost_v1=many:30s"}, "SYSTEM_BREAKERS"},
 		{map[string]string{"FEATURE_SOURCE": "bigquery", "GOOGLE_CLOUD_PROJECT": "my-project", "BIGQUERY_FEATURES_TABLE": "t`; DROP"}, "BIGQUERY_FEATURES_TABLE"},
 	} {
 		_, err := LoadConfig(t.Context(), envconfig.MapLookuper(tc.env))
@@ -79,12 +80,14 @@ func TestConfigParsesFaultsAndTimeouts(t *testing.T) {
 	c, err := LoadConfig(t.Context(), envconfig.MapLookuper(map[string]string{
 		"FAULTS":          "system=*,kind=latency,latency=20ms,rate=1;system=zone_matchup_v1,kind=hang,rate=0.05",
 		"SYSTEM_TIMEOUTS": "zone_matchup_v1=500ms, moving_average=1s",
+		"SYSTEM_BREAKERS": "xgboost_v1=3:30s",
 	}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	ec := c.engineConfig()
-	if len(ec.Faults) != 2 || ec.SystemTimeouts["zone_matchup_v1"] != 500*time.Millisecond || !ec.LocalOwners {
+	if len(ec.Faults) != 2 || ec.SystemTimeouts["zone_matchup_v1"] != 500*time.Millisecond || !ec.LocalOwners ||
+		ec.Breakers["xgboost_v1"].Failures != 3 || ec.Breakers["xgboost_v1"].Cooldown != 30*time.Second {
 		t.Fatalf("engine config = %+v", ec)
 	}
 }
