@@ -256,17 +256,25 @@ func (s *Server) createBatch(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if created || !b.Lease.Live(time.Now()) {
-		switch started, err := s.runner.Resume(r.Context(), b.ID, state.ClaimOptions{}); {
-		case err == nil:
-			b = started
-		case errors.Is(err, state.ErrLeaseHeld):
-			// another instance picked it up first: it is running, which is what was asked
-		default:
+		if b, err = s.start(r.Context(), b, state.ClaimOptions{}); err != nil {
 			s.writeError(w, r, err)
 			return
 		}
 	}
 	writeJSON(w, http.StatusAccepted, StatusOf(b))
+}
+
+// start claims b and runs it in the background. Another instance claiming it
+// first is fine: it is running, which is what was asked.
+func (s *Server) start(ctx context.Context, b state.Batch, opts state.ClaimOptions) (state.Batch, error) {
+	started, err := s.runner.Resume(ctx, b.ID, opts)
+	switch {
+	case err == nil:
+		return started, nil
+	case errors.Is(err, state.ErrLeaseHeld):
+		return b, nil
+	}
+	return b, err
 }
 
 // batchID reads and validates the {id} path parameter.

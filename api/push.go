@@ -329,12 +329,7 @@ func (s *Server) retryDeadLetter(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !b.Status.Finished() || b.Status == state.StatusFailed {
-		started, err := s.runner.Resume(r.Context(), b.ID, state.ClaimOptions{Reopen: true})
-		switch {
-		case err == nil:
-			b = started
-		case errors.Is(err, state.ErrLeaseHeld):
-		default:
+		if b, err = s.start(r.Context(), b, state.ClaimOptions{Reopen: true}); err != nil {
 			s.writeError(w, r, err)
 			return
 		}

@@ -208,11 +208,7 @@ func statusCommand(ctx context.Context, cfg *Config, args []string, stdout, stde
 	if err := worker.ValidateBatchID(args[0]); err != nil {
 		return usageError{"status: " + err.Error()}
 	}
-	log, err := newLogger(cfg, stderr, true)
-	if err != nil {
-		return err
-	}
-	a, err := newApp(ctx, cfg, log)
+	a, err := openQuiet(ctx, cfg, stderr)
 	if err != nil {
 		return err
 	}
@@ -224,4 +220,14 @@ func statusCommand(ctx context.Context, cfg *Config, args []string, stdout, stde
 	enc := json.NewEncoder(stdout)
 	enc.SetIndent("", "  ")
 	return enc.Encode(api.StatusOf(b))
+}
+
+// openQuiet opens the app for a short command: warnings and errors only, as
+// text on stderr.
+func openQuiet(ctx context.Context, cfg *Config, stderr io.Writer) (*app, error) {
+	log, err := newLogger(cfg, stderr, true)
+	if err != nil {
+		return nil, err
+	}
+	return newApp(ctx, cfg, log)
 }

@@ -29,11 +29,7 @@ func scoreCommand(ctx context.Context, cfg *Config, args []string, stdout, stder
 	if (*batchID == "") == (*from == "") {
 		return usageError{"score: give either --batch-id ID or --from DATE --to DATE"}
 	}
-	log, err := newLogger(cfg, stderr, true)
-	if err != nil {
-		return err
-	}
-	a, err := newApp(ctx, cfg, log)
+	a, err := openQuiet(ctx, cfg, stderr)
 	if err != nil {
 		return err
 	}

@@ -178,19 +178,28 @@ func classify(ctx context.Context, op string, err error) error {
 	return fmt.Errorf("%s: %w: %w", op, systems.ErrUnavailable, err)
 }
 
-func (s *Source) read(ctx context.Context, op, sql string, params []bigquery.QueryParameter, each func(it *bigquery.RowIterator) error) error {
-	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+// runQuery runs sql with params under timeout and hands the rows to each
+// (nil for statements without rows); every error leaves classified.
+func runQuery(ctx context.Context, client *bigquery.Client, timeout time.Duration, op, sql string,
+	params []bigquery.QueryParameter, each func(it *bigquery.RowIterator) error) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	q := s.client.Query(sql)
+	q := client.Query(sql)
 	q.Parameters = params
-	it, err := q.Read(ctx)
+	it, err := q.Read(ctx) // returns once the query or statement finished
 	if err != nil {
 		return classify(ctx, op, err)
 	}
-	if err := each(it); err != nil {
-		return classify(ctx, op, err)
+	if each != nil {
+		if err := each(it); err != nil {
+			return classify(ctx, op, err)
+		}
 	}
 	return nil
+}
+
+func (s *Source) read(ctx context.Context, op, sql string, params []bigquery.QueryParameter, each func(it *bigquery.RowIterator) error) error {
+	return runQuery(ctx, s.client, s.timeout, op, sql, params, each)
 }
 
 // Slate implements systems.FeatureSource.

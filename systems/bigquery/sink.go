@@ -153,19 +153,6 @@ func (s *Sink) Finalize(ctx context.Context, batchID, gameDate string) error {
 	if err != nil {
 		return err
 	}
-	return s.readQuery(ctx, "merge predictions of "+batchID, s.mergeSQL,
-		[]bigquery.QueryParameter{{Name: "batch_id", Value: batchID}, p})
-}
-
-func (s *Sink) readQuery(ctx context.Context, op, sql string, params []bigquery.QueryParameter) error {
-	ctx, cancel := context.WithTimeout(ctx, s.timeout)
-	defer cancel()
-	q := s.client.Query(sql)
-	q.Parameters = params
-	it, err := q.Read(ctx)
-	if err != nil {
-		return classify(ctx, op, err)
-	}
-	_ = it // DML: no rows to read; Read returned once the statement finished
-	return nil
+	return runQuery(ctx, s.client, s.timeout, "merge predictions of "+batchID, s.mergeSQL,
+		[]bigquery.QueryParameter{{Name: "batch_id", Value: batchID}, p}, nil)
 }
