@@ -529,9 +529,12 @@ func TestHeartbeatKeepsLease(t *testing.T) {
 	<-gate.entered
 	for range 10 { // ten seconds, far past the TTL, renewed every second
 		clock.Advance(time.Second)
+		// Wait for this very tick's renewal before the next advance, so no
+		// tick is dropped while the heartbeat is busy.
+		now := clock.Now()
 		waitFor(t, func() bool {
 			got, err := b.store.Get(t.Context(), batch.ID)
-			return err == nil && got.Lease.ExpiresAt.After(clock.Now().Add(time.Second))
+			return err == nil && got.HeartbeatAt.Equal(now) && got.Lease.ExpiresAt.Equal(now.Add(3*time.Second))
 		})
 	}
 	if _, err := b.store.Claim(t.Context(), batch.ID, "B", 3*time.Second, state.ClaimOptions{}); !errors.Is(err, state.ErrLeaseHeld) {
