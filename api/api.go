@@ -357,7 +357,7 @@ func (s *Server) batchPredictions(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if s.predictions == nil {
-		writeJSON(w, http.StatusNotImplemented, map[string]*Error{"error": {Code: "unimplemented",
+		writeJSON(w, http.StatusNotImplemented, map[string]*Error{"error": {Code: "not_readable",
 			Message: "the configured prediction sink cannot be read back through the API"}})
 		return
 	}
