@@ -45,6 +45,7 @@ type fixtureOpts struct {
 	pushBudget  time.Duration
 	auth        api.Auth
 	continuer   api.Continuer
+	noReader    bool // a sink that cannot be read back (BigQuery)
 }
 
 func setup(t *testing.T) *fixture { return setupWith(t, fixtureOpts{}) }
@@ -85,7 +86,11 @@ func setupWith(t *testing.T, o fixtureOpts) *fixture {
 		t.Fatal(err)
 	}
 	r := worker.NewRunner(e)
-	srv := httptest.NewServer(api.New(api.Options{Engine: e, Runner: r, Store: st, Predictions: sk,
+	var reader systems.PredictionReader = sk
+	if o.noReader {
+		reader = nil
+	}
+	srv := httptest.NewServer(api.New(api.Options{Engine: e, Runner: r, Store: st, Predictions: reader,
 		Metrics: promhttp.HandlerFor(promReg, promhttp.HandlerOpts{}), Logger: nil2discard(),
 		DeadLetters: dl, PushBudget: o.pushBudget, Auth: o.auth, Continuer: o.continuer}).Handler())
 	t.Cleanup(func() {
@@ -331,3 +336,15 @@ func TestProbes(t *testing.T) {
 func nil2discard() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
 func stringsReader(s string) *strings.Reader { return strings.NewReader(s) }
+
+func TestPredictionsOfAnUnreadableSink(t *testing.T) {
+	t.Parallel()
+	f := setupWith(t, fixtureOpts{noReader: true})
+	if _, _, err := f.store.Create(t.Context(), state.Batch{ID: "b", Request: state.Request{GameDate: "2025-01-15", ChunkSize: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	resp, raw := do(t, "GET", f.srv.URL+"/v1/batches/b/predictions", "", "")
+	if resp.StatusCode != http.StatusNotImplemented || !strings.Contains(string(raw), `"not_readable"`) {
+		t.Fatalf("predictions without a reader = %d %s", resp.StatusCode, raw)
+	}
+}
