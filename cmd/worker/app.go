@@ -25,6 +25,7 @@ import (
 
 	"github.com/predworker/predworker/api"
 	"github.com/predworker/predworker/events"
+	eventsfirestore "github.com/predworker/predworker/events/firestore"
 	pspub "github.com/predworker/predworker/events/pubsub"
 	eventssqlite "github.com/predworker/predworker/events/sqlite"
 	"github.com/predworker/predworker/logging"
@@ -65,7 +66,7 @@ type app struct {
 	// reader reads predictions back (the embedded sink); nil for BigQuery.
 	reader    systems.PredictionReader
 	closeSink func() error
-	dead      *eventssqlite.Store
+	dead      deadLetterStore
 	// deadLetters is dead (plus publication to the dead-letter topic with
 	// EVENTS=pubsub); publisher delivers completion events.
 	deadLetters events.DeadLetters
@@ -75,6 +76,20 @@ type app struct {
 	engine      *worker.Engine
 	registry    *prometheus.Registry
 	log         *slog.Logger
+}
+
+type deadLetterStore interface {
+	events.DeadLetters
+	Close() error
+}
+
+// newDeadLetters keeps dead letters where every instance sees them: in
+// Firestore with STATE_STORE=firestore, in DATA_DIR/events.db otherwise.
+func newDeadLetters(ctx context.Context, cfg *Config) (deadLetterStore, error) {
+	if cfg.StateStore == "firestore" {
+		return eventsfirestore.New(ctx, cfg.Project, cfg.FirestoreDatabase, cfg.FirestorePrefix)
+	}
+	return eventssqlite.New(ctx, filepath.Join(cfg.DataDir, "events.db"))
 }
 
 // newSink returns the configured prediction sink, its reader (nil when the
@@ -133,7 +148,7 @@ func newApp(ctx context.Context, cfg *Config, log *slog.Logger) (*app, error) {
 	if err != nil {
 		return nil, errors.Join(err, store.Close())
 	}
-	dead, err := eventssqlite.New(ctx, filepath.Join(cfg.DataDir, "events.db"))
+	dead, err := newDeadLetters(ctx, cfg)
 	if err != nil {
 		return nil, errors.Join(err, closeSink(), store.Close())
 	}
