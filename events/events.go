@@ -59,6 +59,7 @@ type DeadLetters interface {
 	MarkRetried(ctx context.Context, id string) error
 	// MarkPublished records that the dead-letter topic confirmed it.
 	MarkPublished(ctx context.Context, id string) error
-	// Attempt counts one more delivery of messageID and returns the count.
+	// Attempt counts one more delivery of messageID and returns the count
+	// (under concurrent deliveries, a count at least as high as this one's).
 	Attempt(ctx context.Context, messageID string) (int, error)
 }
