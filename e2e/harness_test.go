@@ -91,6 +91,7 @@ type event struct {
 	Method   string `json:"method"`
 	Path     string `json:"path"`
 	Status   int    `json:"status"`
+	Raw      string `json:"-"`
 	Instance int    `json:"-"` // which process wrote it
 }
 
@@ -123,6 +124,18 @@ type cluster struct {
 func newCluster(t *testing.T, backend string, env ...string) *cluster {
 	t.Helper()
 	c := &cluster{t: t, dataDir: t.TempDir(), backend: backend, env: env}
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		// The workers' last words, to see why.
+		evs := c.allEvents()
+		for _, e := range evs[max(0, len(evs)-60):] {
+			if e.Message != "request" {
+				t.Logf("worker %d: %s", e.Instance, e.Raw)
+			}
+		}
+	})
 	if backend == "firestore" {
 		emulator.SkipOrFail(t, firestoreSkip)
 		c.prefix = fmt.Sprintf("e2e%d_%d_", os.Getpid(), prefixSeq.Add(1))
@@ -182,6 +195,7 @@ func (c *cluster) start() *proc {
 				continue
 			}
 			e.Instance = p.instance
+			e.Raw = sc.Text()
 			p.mu.Lock()
 			p.events = append(p.events, e)
 			if e.Message == "serving" && p.addr == "" {
@@ -197,8 +211,8 @@ func (c *cluster) start() *proc {
 	case <-ready:
 	case <-p.exited:
 		c.t.Fatalf("worker %d exited before serving: %v", p.instance, p.exitErr)
-	case <-time.After(10 * time.Second):
-		c.t.Fatalf("worker %d not serving after 10s", p.instance)
+	case <-time.After(30 * time.Second):
+		c.t.Fatalf("worker %d not serving after 30s", p.instance)
 	}
 	return p
 }
@@ -231,7 +245,9 @@ func (c *cluster) allEvents() []event {
 	return out
 }
 
-var client = &http.Client{Timeout: 10 * time.Second}
+// client's timeout is a liveness bound, generous because a CI machine with
+// two cores may be compiling other packages and running two JVM emulators.
+var client = &http.Client{Timeout: 30 * time.Second}
 
 func request(t *testing.T, method, url, body string) (int, []byte, error) {
 	t.Helper()

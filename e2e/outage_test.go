@@ -18,7 +18,7 @@ func TestFirestoreOutage(t *testing.T) {
 		"FAULTS=system=*,kind=latency,latency=40ms,rate=1", "CONCURRENCY=8")
 	p := c.start()
 	submit(t, p, "outage", "2025-01-15")
-	waitUntil(t, 30*time.Second, "two chunks committed", func() bool {
+	waitUntil(t, 90*time.Second, "two chunks committed", func() bool {
 		st, err := status(t, p, "outage")
 		return err == nil && st.DoneChunks >= 2
 	})
@@ -51,12 +51,12 @@ func TestFirestoreOutage(t *testing.T) {
 	if !sawNotReady {
 		t.Error("/ready never answered 503 while the store was unreachable")
 	}
-	waitUntil(t, 5*time.Second, "ready again", func() bool {
+	waitUntil(t, 30*time.Second, "ready again", func() bool {
 		code, _, err := request(t, "GET", p.url("/ready"), "")
 		return err == nil && code == 200
 	})
 	var st api.Status
-	waitUntil(t, time.Minute, "completion after the outage", func() bool {
+	waitUntil(t, 3*time.Minute, "completion after the outage", func() bool {
 		var err error
 		st, err = status(t, p, "outage")
 		return err == nil && st.State.Finished()

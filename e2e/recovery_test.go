@@ -178,7 +178,7 @@ func testSIGTERMDrains(t *testing.T, backend string) {
 		"FAULTS=system=*,kind=latency,latency=40ms,rate=1", "CONCURRENCY=8")
 	p := c.start()
 	submit(t, p, "term", "2025-01-15")
-	waitUntil(t, 30*time.Second, "two chunks committed", func() bool {
+	waitUntil(t, 90*time.Second, "two chunks committed", func() bool {
 		st, err := status(t, p, "term")
 		return err == nil && st.DoneChunks >= 2
 	})
@@ -213,13 +213,14 @@ func testSIGTERMDrains(t *testing.T, backend string) {
 	}
 	restarted := time.Now()
 	q := c.start()
-	waitUntil(t, 5*time.Second, "the new process to resume", func() bool {
+	// Well under the 60 s lease: only a released lease allows this.
+	waitUntil(t, 15*time.Second, "the new process to resume", func() bool {
 		st, err := status(t, q, "term")
 		return err == nil && st.Lease.Owner == q.owner || st.State == state.StatusCompleted
 	})
 	t.Logf("SIGTERM to exit %v (done chunks %d); resumed %v after restart", took.Round(time.Millisecond),
 		b.DoneChunks, time.Since(restarted).Round(time.Millisecond))
-	waitUntil(t, time.Minute, "completion", func() bool {
+	waitUntil(t, 3*time.Minute, "completion", func() bool {
 		st, err := status(t, q, "term")
 		return err == nil && st.State == state.StatusCompleted
 	})
@@ -244,7 +245,7 @@ func testSplitBrain(t *testing.T, backend string) {
 	c := newCluster(t, backend, fastLeases(backend)...)
 	a := c.start()
 	submit(t, a, "split", "2025-01-15")
-	waitUntil(t, 30*time.Second, "A to commit a chunk", func() bool {
+	waitUntil(t, 90*time.Second, "A to commit a chunk", func() bool {
 		st, err := status(t, a, "split")
 		return err == nil && st.DoneChunks >= 1
 	})
@@ -252,7 +253,7 @@ func testSplitBrain(t *testing.T, backend string) {
 	a.signal(syscall.SIGSTOP)
 	stoppedAt := time.Now()
 	var takenOver api.Status
-	waitUntil(t, 15*time.Second, "B to take over", func() bool {
+	waitUntil(t, 45*time.Second, "B to take over", func() bool {
 		st, err := status(t, b, "split")
 		takenOver = st
 		return err == nil && st.Lease.Owner == b.owner
@@ -262,7 +263,7 @@ func testSplitBrain(t *testing.T, backend string) {
 	mark := len(a.eventsSnapshot())
 	staleEpoch := takenOver.Lease.Epoch - 1 // the epoch A held when it was paused
 	a.signal(syscall.SIGCONT)
-	waitUntil(t, time.Minute, "completion", func() bool {
+	waitUntil(t, 3*time.Minute, "completion", func() bool {
 		st, err := status(t, b, "split")
 		return err == nil && st.State == state.StatusCompleted
 	})
