@@ -113,18 +113,13 @@ func TestPushOIDC(t *testing.T) {
 		{"bad signature", is.token(t, claims(pushAudience, pushSA, true, hour), is.other), 401},
 		{"garbage", "not.a.jwt", 401},
 	} {
-		req, _ := http.NewRequestWithContext(t.Context(), "POST", f.srv.URL+"/pubsub/push",
-			stringsReader(envelope("a-"+c.name, `{"batch_id": "auth", "game_date": "2025-01-15", "players": ["x"]}`, 0, nil)))
+		auth := ""
 		if c.token != "" {
-			req.Header.Set("Authorization", "Bearer "+c.token)
+			auth = "Bearer " + c.token
 		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		_ = resp.Body.Close()
-		if resp.StatusCode != c.status {
-			t.Errorf("%s: %d, want %d", c.name, resp.StatusCode, c.status)
+		body := envelope("a-"+c.name, `{"batch_id": "auth", "game_date": "2025-01-15", "players": ["x"]}`, 0, nil)
+		if got := statusWithAuth(t, "POST", f.srv.URL+"/pubsub/push", body, auth); got != c.status {
+			t.Errorf("%s: %d, want %d", c.name, got, c.status)
 		}
 	}
 	// Health stays open.
@@ -151,17 +146,8 @@ func TestOperatorAuth(t *testing.T) {
 		{"wrong identity", "Bearer " + is.token(t, claims(opsAudience, "stranger@example.com", true, hour), is.key), 403},
 		{"basic auth", "Basic dXNlcjpwYXNz", 401},
 	} {
-		req, _ := http.NewRequestWithContext(t.Context(), "GET", f.srv.URL+"/v1/batches", nil)
-		if c.auth != "" {
-			req.Header.Set("Authorization", c.auth)
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		_ = resp.Body.Close()
-		if resp.StatusCode != c.status {
-			t.Errorf("%s: %d, want %d", c.name, resp.StatusCode, c.status)
+		if got := statusWithAuth(t, "GET", f.srv.URL+"/v1/batches", "", c.auth); got != c.status {
+			t.Errorf("%s: %d, want %d", c.name, got, c.status)
 		}
 	}
 	for _, p := range []string{"/health", "/ready", "/metrics"} {
@@ -169,4 +155,23 @@ func TestOperatorAuth(t *testing.T) {
 			t.Errorf("%s without credentials = %d, want 200", p, resp.StatusCode)
 		}
 	}
+}
+
+// statusWithAuth sends a request with an optional Authorization header and
+// returns the status code.
+func statusWithAuth(t *testing.T, method, url, body, auth string) int {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), method, url, stringsReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if auth != "" {
+		req.Header.Set("Authorization", auth)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = resp.Body.Close()
+	return resp.StatusCode
 }
