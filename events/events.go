@@ -1,7 +1,8 @@
 // Package events owns what the worker tells the outside world besides rows:
-// dead letters (messages it could not process and will not retry) and the
-// per-message attempt counts that bound retries when Pub/Sub does not send
-// deliveryAttempt.
+// completion events and their Publisher, dead letters (messages it could not
+// process and will not retry) and the per-message attempt counts that bound
+// retries when Pub/Sub does not send deliveryAttempt. It sits below the
+// engine: the worker imports events, never the reverse.
 package events
 
 import (
@@ -12,8 +13,13 @@ import (
 	"time"
 )
 
-// ErrNotFound: no dead letter with that id.
-var ErrNotFound = errors.New("dead letter not found")
+// Sentinel errors the dead-letter stores return (wrapped).
+var (
+	// ErrNotFound: no dead letter with that id.
+	ErrNotFound = errors.New("dead letter not found")
+	// ErrUnavailable: the store could not be reached; retry later.
+	ErrUnavailable = errors.New("dead-letter store unavailable")
+)
 
 // DeadLetter is a message that failed permanently, kept with its raw bytes so
 // an operator can inspect and re-drive it.

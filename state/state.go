@@ -21,6 +21,8 @@ import (
 	"slices"
 	"strconv"
 	"time"
+
+	"github.com/predworker/predworker/events"
 )
 
 // Sentinel errors every Store returns (wrapped) so callers can use errors.Is.
@@ -157,34 +159,14 @@ func (b Batch) Chunk(i int) []string {
 	return b.Items[lo:hi]
 }
 
-// Event is a completion event. Finish writes it to the store's outbox in the
-// same commit that finishes the batch; a dispatcher publishes it and marks it
-// sent, so a crash between the two loses nothing and a replay publishes at
-// most a duplicate with the same ID.
-type Event struct {
-	ID            string    `json:"event_id"` // batch id, type and epoch: unique per finish
-	Type          string    `json:"type"`     // batch_completed or batch_failed
-	BatchID       string    `json:"batch_id"`
-	GameDate      string    `json:"game_date"`
-	CorrelationID string    `json:"correlation_id,omitempty"`
-	TotalItems    int       `json:"total_items"`
-	DoneItems     int       `json:"done_items"`
-	Predictions   int       `json:"predictions"`
-	Fallbacks     int       `json:"fallbacks"`
-	FailedItems   int       `json:"failed_items"`
-	Attempt       int       `json:"attempt"`
-	DurationMS    int64     `json:"duration_ms"`
-	Error         string    `json:"error,omitempty"`
-	At            time.Time `json:"at"`
-}
-
-// NewEvent builds the completion event of b finishing in state st at now.
-func NewEvent(b Batch, st Status, errMsg string, now time.Time) Event {
-	typ := "batch_completed"
+// CompletionEvent is the event of b finishing in state st at now. Finish
+// writes it to the outbox in the same commit that finishes the batch.
+func (b Batch) CompletionEvent(st Status, errMsg string, now time.Time) events.Event {
+	typ := events.TypeBatchCompleted
 	if st == StatusFailed {
-		typ = "batch_failed"
+		typ = events.TypeBatchFailed
 	}
-	return Event{
+	return events.Event{
 		ID: b.ID + ":" + typ + ":" + strconv.FormatInt(b.Lease.Epoch, 10), Type: typ, BatchID: b.ID,
 		GameDate: b.Request.GameDate, CorrelationID: b.Request.CorrelationID, TotalItems: len(b.Items),
 		DoneItems: b.DoneItems, Predictions: b.Predictions, Fallbacks: b.Fallbacks, FailedItems: b.FailedItems,
@@ -241,7 +223,7 @@ type Store interface {
 	// the completion Event to the outbox, all in one commit. Fenced.
 	Finish(ctx context.Context, id string, l Lease, s Status, errMsg string) error
 	// Outbox returns unsent events, oldest first.
-	Outbox(ctx context.Context, limit int) ([]Event, error)
+	Outbox(ctx context.Context, limit int) ([]events.Event, error)
 	// MarkSent records that an event was published.
 	MarkSent(ctx context.Context, eventID string) error
 	// Release drops the lease so another owner can claim at once; the batch

@@ -57,6 +57,24 @@ type doc struct {
 	PublishedAt  *time.Time `firestore:"published_at"`
 }
 
+// wrap names the operation and translates the gRPC codes that mean "not
+// reachable now" into events.ErrUnavailable, so nothing above this package
+// reads gRPC codes.
+func wrap(op string, err error) error {
+	switch status.Code(err) {
+	case codes.OK:
+		return nil
+	case codes.NotFound:
+		return fmt.Errorf("%s: %w", op, events.ErrNotFound)
+	case codes.Unavailable, codes.DeadlineExceeded, codes.ResourceExhausted, codes.Aborted, codes.Internal, codes.Unknown:
+		return fmt.Errorf("%s: %w: %w", op, events.ErrUnavailable, err)
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("%s: %w: %w", op, events.ErrUnavailable, err)
+	}
+	return fmt.Errorf("%s: %w", op, err)
+}
+
 func (s *Store) ref(id string) *firestore.DocumentRef {
 	return s.client.Collection(s.prefix + "dead_letters").Doc(id)
 }
@@ -82,7 +100,7 @@ func (s *Store) Put(ctx context.Context, d events.DeadLetter) (bool, error) {
 	case codes.AlreadyExists:
 		return false, nil
 	}
-	return false, fmt.Errorf("store dead letter %s: %w", d.ID, err)
+	return false, wrap("store dead letter "+d.ID, err)
 }
 
 // List implements events.DeadLetters.
@@ -95,7 +113,7 @@ func (s *Store) List(ctx context.Context, limit int) ([]events.DeadLetter, error
 	snaps, err := s.client.Collection(s.prefix+"dead_letters").OrderBy("created_at", firestore.Desc).
 		Limit(limit).Documents(ctx).GetAll()
 	if err != nil {
-		return nil, fmt.Errorf("list dead letters: %w", err)
+		return nil, wrap("list dead letters", err)
 	}
 	out := []events.DeadLetter{}
 	for _, snap := range snaps {
@@ -113,11 +131,8 @@ func (s *Store) Get(ctx context.Context, id string) (events.DeadLetter, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	snap, err := s.ref(id).Get(ctx)
-	if status.Code(err) == codes.NotFound {
-		return events.DeadLetter{}, fmt.Errorf("get dead letter %s: %w", id, events.ErrNotFound)
-	}
 	if err != nil {
-		return events.DeadLetter{}, fmt.Errorf("get dead letter %s: %w", id, err)
+		return events.DeadLetter{}, wrap("get dead letter "+id, err)
 	}
 	var d doc
 	if err := snap.DataTo(&d); err != nil {
@@ -130,13 +145,7 @@ func (s *Store) update(ctx context.Context, op, id string, u []firestore.Update)
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	_, err := s.ref(id).Update(ctx, u)
-	if status.Code(err) == codes.NotFound {
-		return fmt.Errorf("%s %s: %w", op, id, events.ErrNotFound)
-	}
-	if err != nil {
-		return fmt.Errorf("%s %s: %w", op, id, err)
-	}
-	return nil
+	return wrap(op+" "+id, err)
 }
 
 // MarkRetried implements events.DeadLetters.
@@ -161,11 +170,11 @@ func (s *Store) Attempt(ctx context.Context, messageID string) (int, error) {
 	ref := s.client.Collection(s.prefix + "push_attempts").Doc(hex.EncodeToString(sum[:12]))
 	if _, err := ref.Set(ctx, map[string]any{"attempts": firestore.Increment(1), "message_id": messageID,
 		"updated_at": time.Now()}, firestore.MergeAll); err != nil {
-		return 0, fmt.Errorf("count attempt of message %s: %w", messageID, err)
+		return 0, wrap("count attempt of message "+messageID, err)
 	}
 	snap, err := ref.Get(ctx)
 	if err != nil {
-		return 0, fmt.Errorf("read attempts of message %s: %w", messageID, err)
+		return 0, wrap("read attempts of message "+messageID, err)
 	}
 	v, err := snap.DataAt("attempts")
 	if err != nil {

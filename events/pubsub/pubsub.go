@@ -14,8 +14,6 @@ import (
 	"cloud.google.com/go/pubsub/v2"
 
 	"github.com/predworker/predworker/events"
-	"github.com/predworker/predworker/state"
-	"github.com/predworker/predworker/worker"
 )
 
 // Publisher sends to the completion and dead-letter topics.
@@ -25,7 +23,7 @@ type Publisher struct {
 	timeout    time.Duration
 }
 
-var _ worker.Publisher = (*Publisher)(nil)
+var _ events.Publisher = (*Publisher)(nil)
 
 // New returns a publisher on client for the two topics (ids or full names).
 func New(client *pubsub.Client, completionTopic, deadLetterTopic string) *Publisher {
@@ -39,9 +37,9 @@ func (p *Publisher) Stop() {
 	p.dead.Stop()
 }
 
-// PublishEvent implements worker.Publisher: the event as JSON, with its id
+// PublishEvent implements events.Publisher: the event as JSON, with its id
 // and type as attributes so subscribers can filter and de-duplicate.
-func (p *Publisher) PublishEvent(ctx context.Context, ev state.Event) error {
+func (p *Publisher) PublishEvent(ctx context.Context, ev events.Event) error {
 	data, err := json.Marshal(ev)
 	if err != nil {
 		return fmt.Errorf("encode event %s: %w", ev.ID, err)

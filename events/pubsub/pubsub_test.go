@@ -100,7 +100,7 @@ func TestOutboxSurvivesPublishFailure(t *testing.T) {
 	if len(msgs) != 1 {
 		t.Fatalf("%d messages on the topic, want 1", len(msgs))
 	}
-	var ev state.Event
+	var ev events.Event
 	if err := json.Unmarshal(msgs[0].Data, &ev); err != nil {
 		t.Fatal(err)
 	}

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/predworker/predworker/events"
-	statesqlite "github.com/predworker/predworker/state/sqlite"
+	"github.com/predworker/predworker/internal/sqlitedb"
 )
 
 const schema = `
@@ -43,7 +43,7 @@ var _ events.DeadLetters = (*Store)(nil)
 
 // New opens the store at path.
 func New(ctx context.Context, path string) (*Store, error) {
-	db, err := statesqlite.Open(ctx, path, schema)
+	db, err := sqlitedb.Open(ctx, path, schema)
 	if err != nil {
 		return nil, err
 	}

@@ -42,6 +42,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/predworker/predworker/events"
 	"github.com/predworker/predworker/state"
 )
 
@@ -615,7 +616,7 @@ func (s *Store) Finish(ctx context.Context, id string, l state.Lease, st state.S
 			return err
 		}
 		wrote(s.batchRef(id))
-		ev := state.NewEvent(b, st, errMsg, now)
+		ev := b.CompletionEvent(st, errMsg, now)
 		payload, err := json.Marshal(ev)
 		if err != nil {
 			return err
@@ -642,11 +643,11 @@ func (s *Store) outboxRef(eventID string) *firestore.DocumentRef {
 }
 
 // Outbox implements state.Store. Backed by the index (sent, created_at).
-func (s *Store) Outbox(ctx context.Context, limit int) ([]state.Event, error) {
+func (s *Store) Outbox(ctx context.Context, limit int) ([]events.Event, error) {
 	if limit <= 0 {
 		limit = 100
 	}
-	var out []state.Event
+	var out []events.Event
 	err := s.call(ctx, "read outbox", func(ctx context.Context) error {
 		out = out[:0]
 		docs, err := s.client.Collection(s.opts.Prefix+"outbox").Where("sent", "==", false).
@@ -659,7 +660,7 @@ func (s *Store) Outbox(ctx context.Context, limit int) ([]state.Event, error) {
 			if err := snap.DataTo(&d); err != nil {
 				return fmt.Errorf("decode outbox %s: %w", snap.Ref.ID, err)
 			}
-			var ev state.Event
+			var ev events.Event
 			if err := json.Unmarshal([]byte(d.Payload), &ev); err != nil {
 				return fmt.Errorf("decode outbox event %s: %w", snap.Ref.ID, err)
 			}

@@ -10,12 +10,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/url"
 	"time"
 
 	"github.com/jonboulle/clockwork"
-	_ "modernc.org/sqlite" // database/sql driver "sqlite"
 
+	"github.com/predworker/predworker/events"
+	"github.com/predworker/predworker/internal/sqlitedb"
 	"github.com/predworker/predworker/state"
 )
 
@@ -52,32 +52,6 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (sent_at, created_at);
 `
 
-// DSN returns the connection string for the SQLite file at path with the
-// pragmas the embedded backends rely on.
-func DSN(path string) string {
-	q := url.Values{}
-	for _, p := range []string{"journal_mode(WAL)", "synchronous(FULL)", "busy_timeout(15000)", "foreign_keys(1)"} {
-		q.Add("_pragma", p)
-	}
-	q.Set("_txlock", "immediate")
-	return "file:" + path + "?" + q.Encode()
-}
-
-// Open opens (creating if needed) a SQLite database at path with DSN's
-// pragmas and applies schema.
-func Open(ctx context.Context, path, schema string) (*sql.DB, error) {
-	db, err := sql.Open("sqlite", DSN(path))
-	if err != nil {
-		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
-	}
-	db.SetMaxOpenConns(4)
-	if _, err := db.ExecContext(ctx, schema); err != nil {
-		_ = db.Close()
-		return nil, fmt.Errorf("apply schema to %s: %w", path, err)
-	}
-	return db, nil
-}
-
 // Store implements state.Store on SQLite.
 type Store struct {
 	db    *sql.DB
@@ -91,7 +65,7 @@ func New(ctx context.Context, path string, clock clockwork.Clock) (*Store, error
 	if clock == nil {
 		clock = clockwork.NewRealClock()
 	}
-	db, err := Open(ctx, path, schema)
+	db, err := sqlitedb.Open(ctx, path, schema)
 	if err != nil {
 		return nil, err
 	}
@@ -341,7 +315,7 @@ func (s *Store) Finish(ctx context.Context, id string, l state.Lease, st state.S
 			return fmt.Errorf("owner %s, epoch %d: %w", l.Owner, l.Epoch, state.ErrLeaseLost)
 		}
 		now := s.clock.Now()
-		ev := state.NewEvent(b, st, errMsg, now)
+		ev := b.CompletionEvent(st, errMsg, now)
 		payload, err := json.Marshal(ev)
 		if err != nil {
 			return err
@@ -361,7 +335,7 @@ func (s *Store) Finish(ctx context.Context, id string, l state.Lease, st state.S
 }
 
 // Outbox implements state.Store.
-func (s *Store) Outbox(ctx context.Context, limit int) ([]state.Event, error) {
+func (s *Store) Outbox(ctx context.Context, limit int) ([]events.Event, error) {
 	if limit <= 0 {
 		limit = 100
 	}
@@ -370,13 +344,13 @@ func (s *Store) Outbox(ctx context.Context, limit int) ([]state.Event, error) {
 		return nil, fmt.Errorf("read outbox: %w", err)
 	}
 	defer func() { _ = rows.Close() }()
-	var out []state.Event
+	var out []events.Event
 	for rows.Next() {
 		var p string
 		if err := rows.Scan(&p); err != nil {
 			return nil, fmt.Errorf("read outbox: %w", err)
 		}
-		var ev state.Event
+		var ev events.Event
 		if err := json.Unmarshal([]byte(p), &ev); err != nil {
 			return nil, fmt.Errorf("decode outbox event: %w", err)
 		}

@@ -11,8 +11,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/predworker/predworker/internal/sqlitedb"
 	"github.com/predworker/predworker/state"
-	statesqlite "github.com/predworker/predworker/state/sqlite"
 	"github.com/predworker/predworker/systems"
 )
 
@@ -54,7 +54,7 @@ var (
 
 // New opens the sink at path.
 func New(ctx context.Context, path string) (*Sink, error) {
-	db, err := statesqlite.Open(ctx, path, schema)
+	db, err := sqlitedb.Open(ctx, path, schema)
 	if err != nil {
 		return nil, err
 	}
