@@ -20,6 +20,7 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/predworker/predworker/events"
+	"github.com/predworker/predworker/logging"
 	"github.com/predworker/predworker/state"
 	"github.com/predworker/predworker/systems"
 	"github.com/predworker/predworker/worker"
@@ -30,7 +31,6 @@ const MaxBodyBytes = 1 << 20
 
 // Server holds the handlers' collaborators.
 type Server struct {
-	engine      *worker.Engine
 	runner      *worker.Runner
 	store       state.Store
 	predictions systems.PredictionReader // nil: the predictions endpoint answers 501
@@ -46,7 +46,7 @@ type Server struct {
 
 // Options configures New.
 type Options struct {
-	Engine      *worker.Engine
+	// Runner runs batches (worker.Runner.Do is the one lifecycle).
 	Runner      *worker.Runner
 	Store       state.Store
 	Predictions systems.PredictionReader
@@ -55,10 +55,12 @@ type Options struct {
 	Project     string
 	// DeadLetters enables POST /pubsub/push and the dead-letter endpoints.
 	DeadLetters events.DeadLetters
-	// PushBudget is the longest a push request runs its batch (PUSH_BUDGET).
+	// PushBudget is the longest a push request runs its batch (PUSH_BUDGET;
+	// zero: DefaultPushBudget).
 	PushBudget time.Duration
 	// MaxAttempts is how many deliveries of one message an internal error
-	// may take before the message is dead-lettered (default 5).
+	// may take before the message is dead-lettered (MAX_DELIVERY_ATTEMPTS;
+	// zero: DefaultMaxAttempts).
 	MaxAttempts int
 	// Auth guards the push endpoint and the operator API. Health,
 	// readiness and metrics stay open.
@@ -68,15 +70,27 @@ type Options struct {
 	Continuer Continuer
 }
 
+// Defaults of the push endpoint's settings.
+const (
+	// DefaultPushBudget leaves a minute of Pub/Sub's longest ack deadline
+	// (600 s) for the checkpoint, the lease release and the answer.
+	DefaultPushBudget = 540 * time.Second
+	// DefaultMaxAttempts bounds the deliveries an internal error may take.
+	DefaultMaxAttempts = 5
+)
+
 // New returns the server.
 func New(o Options) *Server {
 	if o.PushBudget <= 0 {
-		o.PushBudget = 540 * time.Second
+		o.PushBudget = DefaultPushBudget
 	}
 	if o.MaxAttempts <= 0 {
-		o.MaxAttempts = 5
+		o.MaxAttempts = DefaultMaxAttempts
 	}
-	return &Server{engine: o.Engine, runner: o.Runner, store: o.Store, predictions: o.Predictions,
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Server{runner: o.Runner, store: o.Store, predictions: o.Predictions,
 		metrics: o.Metrics, log: o.Logger, project: o.Project, deadLetters: o.DeadLetters,
 		pushBudget: o.PushBudget, maxAttempts: o.MaxAttempts, auth: o.Auth, continuer: o.Continuer}
 }
@@ -117,60 +131,6 @@ func (s *Server) Handler() http.Handler {
 }
 
 // ---------------------------------------------------------------------------
-// Views
-
-// Status is the batch status body.
-type Status struct {
-	BatchID       string       `json:"batch_id"`
-	GameDate      string       `json:"game_date"`
-	State         state.Status `json:"state"`
-	Systems       []string     `json:"systems"`
-	ChunkSize     int          `json:"chunk_size"`
-	CorrelationID string       `json:"correlation_id,omitempty"`
-	TotalItems    int          `json:"total_items"`
-	DoneItems     int          `json:"done_items"`
-	TotalChunks   int          `json:"total_chunks"`
-	DoneChunks    int          `json:"done_chunks"`
-	Attempt       int          `json:"attempt"`
-	Lease         LeaseView    `json:"lease"`
-	HeartbeatAt   *time.Time   `json:"heartbeat_at"`
-	Predictions   int          `json:"predictions"`
-	Fallbacks     int          `json:"fallbacks"`
-	FailedItems   int          `json:"failed_items"`
-	Error         string       `json:"error,omitempty"`
-	CreatedAt     *time.Time   `json:"created_at"`
-	UpdatedAt     *time.Time   `json:"updated_at"`
-	CompletedAt   *time.Time   `json:"completed_at"`
-}
-
-// LeaseView is the lease part of Status.
-type LeaseView struct {
-	Owner     string     `json:"owner"`
-	Epoch     int64      `json:"epoch"`
-	ExpiresAt *time.Time `json:"expires_at"`
-}
-
-func ts(t time.Time) *time.Time {
-	if t.IsZero() {
-		return nil
-	}
-	t = t.UTC()
-	return &t
-}
-
-// StatusOf renders a batch.
-func StatusOf(b state.Batch) Status {
-	return Status{
-		BatchID: b.ID, GameDate: b.Request.GameDate, State: b.Status, Systems: b.Request.Systems,
-		ChunkSize: b.Request.ChunkSize, CorrelationID: b.Request.CorrelationID,
-		TotalItems: len(b.Items), DoneItems: b.DoneItems, TotalChunks: b.TotalChunks(), DoneChunks: b.DoneChunks,
-		Attempt: b.Attempt, Lease: LeaseView{Owner: b.Lease.Owner, Epoch: b.Lease.Epoch, ExpiresAt: ts(b.Lease.ExpiresAt)},
-		HeartbeatAt: ts(b.HeartbeatAt), Predictions: b.Predictions, Fallbacks: b.Fallbacks, FailedItems: b.FailedItems,
-		Error: b.Error, CreatedAt: ts(b.CreatedAt), UpdatedAt: ts(b.UpdatedAt), CompletedAt: ts(b.CompletedAt),
-	}
-}
-
-// ---------------------------------------------------------------------------
 // Handlers
 
 // BatchRequest is the body of POST /v1/batches.
@@ -208,7 +168,7 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, dst any) error {
 	return nil
 }
 
-func decodeError(err error) error {
+func decodeError(err error) *Error {
 	var (
 		se *json.SyntaxError
 		te *json.UnmarshalTypeError
@@ -216,7 +176,7 @@ func decodeError(err error) error {
 	)
 	switch {
 	case errors.As(err, &me):
-		return err
+		return toAPIError(err)
 	case errors.Is(err, io.EOF):
 		return invalid("", "request body is empty; want a JSON object")
 	case errors.As(err, &se), errors.Is(err, io.ErrUnexpectedEOF):
@@ -236,45 +196,39 @@ func (s *Server) createBatch(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	if req.BatchID != "" {
-		if err := worker.ValidateBatchID(req.BatchID); err != nil {
-			s.writeError(w, r, err)
-			return
-		}
-	}
-	b, created, err := s.engine.Submit(r.Context(), req.BatchID, state.Request{
-		GameDate: req.GameDate, Players: req.Players, Systems: req.Systems,
-		ChunkSize: req.ChunkSize, CorrelationID: req.CorrelationID,
-	})
+	out, err := s.runner.Do(r.Context(), worker.Job{BatchID: req.BatchID, Request: req.stateRequest()})
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	w.Header().Set("Location", "/v1/batches/"+b.ID)
-	if b.Status.Finished() {
-		writeJSON(w, http.StatusOK, StatusOf(b))
-		return
+	switch out.Kind {
+	case worker.Draining:
+		s.writeError(w, r, worker.ErrDraining)
+	case worker.Completed, worker.Failed:
+		w.Header().Set("Location", "/v1/batches/"+out.Batch.ID)
+		writeJSON(w, http.StatusOK, StatusOf(out.Batch))
+	default: // started, running here, or running elsewhere: what was asked
+		w.Header().Set("Location", "/v1/batches/"+out.Batch.ID)
+		writeJSON(w, http.StatusAccepted, StatusOf(out.Batch))
 	}
-	if created || !b.Lease.Live(time.Now()) {
-		if b, err = s.start(r.Context(), b, state.ClaimOptions{}); err != nil {
-			s.writeError(w, r, err)
-			return
-		}
-	}
-	writeJSON(w, http.StatusAccepted, StatusOf(b))
 }
 
-// start claims b and runs it in the background. Another instance claiming it
-// first is fine: it is running, which is what was asked.
-func (s *Server) start(ctx context.Context, b state.Batch, opts state.ClaimOptions) (state.Batch, error) {
-	started, err := s.runner.Resume(ctx, b.ID, opts)
-	switch {
-	case err == nil:
-		return started, nil
-	case errors.Is(err, state.ErrLeaseHeld):
-		return b, nil
+// stateRequest is the engine's form of the request.
+func (req BatchRequest) stateRequest() *state.Request {
+	return &state.Request{GameDate: req.GameDate, Players: req.Players, Systems: req.Systems,
+		ChunkSize: req.ChunkSize, CorrelationID: req.CorrelationID}
+}
+
+// heldError is the answer to a batch another owner holds until until.
+func heldError(b state.Batch, until time.Time) *Error {
+	a := answers[worker.ClassBusy]
+	e := &Error{Status: a.status, Code: a.code, Message: a.message, RetryAfter: a.retryAfter, Class: worker.ClassBusy}
+	if !until.IsZero() {
+		e.RetryAfter = max(1, int(time.Until(until).Seconds())+1)
+		e.Message = fmt.Sprintf("%s holds a live lease on batch %s until %s; retry later or resume with ?force=true",
+			b.Lease.Owner, b.ID, until.UTC().Format(time.RFC3339))
 	}
-	return b, err
+	return e
 }
 
 // batchID reads and validates the {id} path parameter.
@@ -335,15 +289,21 @@ func (s *Server) resumeBatch(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	b, err := s.runner.Resume(r.Context(), id, state.ClaimOptions{Force: force, Reopen: true})
-	switch {
-	case errors.Is(err, state.ErrFinished):
-		writeJSON(w, http.StatusOK, StatusOf(b))
-	case err != nil:
+	out, err := s.runner.Do(r.Context(), worker.Job{BatchID: id, Force: force, Reopen: true})
+	if err != nil {
 		s.writeError(w, r, err)
-	default:
-		w.Header().Set("Location", "/v1/batches/"+b.ID)
-		writeJSON(w, http.StatusAccepted, StatusOf(b))
+		return
+	}
+	switch out.Kind {
+	case worker.Draining:
+		s.writeError(w, r, worker.ErrDraining)
+	case worker.Held:
+		s.writeError(w, r, heldError(out.Batch, out.HeldUntil))
+	case worker.Completed:
+		writeJSON(w, http.StatusOK, StatusOf(out.Batch))
+	default: // started, or already running here
+		w.Header().Set("Location", "/v1/batches/"+out.Batch.ID)
+		writeJSON(w, http.StatusAccepted, StatusOf(out.Batch))
 	}
 }
 
@@ -357,8 +317,8 @@ func (s *Server) batchPredictions(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if s.predictions == nil {
-		writeJSON(w, http.StatusNotImplemented, map[string]*Error{"error": {Code: "not_readable",
-			Message: "the configured prediction sink cannot be read back through the API"}})
+		s.writeError(w, r, &Error{Status: http.StatusNotImplemented, Code: CodeNotReadable,
+			Message: "the configured prediction sink cannot be read back through the API"})
 		return
 	}
 	w.Header().Set("Content-Type", "application/x-ndjson")
@@ -368,7 +328,7 @@ func (s *Server) batchPredictions(w http.ResponseWriter, r *http.Request) {
 	})
 	if err != nil {
 		// Headers are gone; the truncated stream is the signal. Log it.
-		s.log.ErrorContext(r.Context(), "stream predictions", slog.String("batch_id", id), slog.String("error", err.Error()))
+		logging.FromContext(r.Context(), s.log).Error("stream predictions", slog.String("batch_id", id), worker.ErrorAttrs(err))
 	}
 }
 

@@ -46,6 +46,11 @@ type fixtureOpts struct {
 	auth        api.Auth
 	continuer   api.Continuer
 	noReader    bool // a sink that cannot be read back (BigQuery)
+	// wrapStore, when set, puts a wrapper around the state store (an
+	// outage switch, say).
+	wrapStore       func(state.Store) state.Store
+	wrapDeadLetters func(events.DeadLetters) events.DeadLetters
+	log             *slog.Logger // nil: discard
 }
 
 func setup(t *testing.T) *fixture { return setupWith(t, fixtureOpts{}) }
@@ -79,9 +84,19 @@ func setupWith(t *testing.T, o fixtureOpts) *fixture {
 	if o.deadLetters != nil {
 		dl = o.deadLetters
 	}
+	if o.wrapDeadLetters != nil {
+		dl = o.wrapDeadLetters(dl)
+	}
+	var store state.Store = st
+	if o.wrapStore != nil {
+		store = o.wrapStore(st)
+	}
+	if o.log == nil {
+		o.log = nil2discard()
+	}
 	promReg := prometheus.NewRegistry()
-	e, err := worker.New(o.engine, worker.Deps{Store: st, Features: o.features, Sink: sk,
-		Registry: reg, Metrics: worker.NewMetrics(promReg, st)})
+	e, err := worker.New(o.engine, worker.Deps{Store: store, Features: o.features, Sink: sk,
+		Registry: reg, Metrics: worker.NewMetrics(promReg, st), Logger: o.log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,8 +105,8 @@ func setupWith(t *testing.T, o fixtureOpts) *fixture {
 	if o.noReader {
 		reader = nil
 	}
-	srv := httptest.NewServer(api.New(api.Options{Engine: e, Runner: r, Store: st, Predictions: reader,
-		Metrics: promhttp.HandlerFor(promReg, promhttp.HandlerOpts{}), Logger: nil2discard(),
+	srv := httptest.NewServer(api.New(api.Options{Runner: r, Store: store, Predictions: reader,
+		Metrics: promhttp.HandlerFor(promReg, promhttp.HandlerOpts{}), Logger: o.log,
 		DeadLetters: dl, PushBudget: o.pushBudget, Auth: o.auth, Continuer: o.continuer}).Handler())
 	t.Cleanup(func() {
 		srv.Close()

@@ -7,15 +7,20 @@ import (
 	"slices"
 	"strings"
 
-	"google.golang.org/api/idtoken"
-
 	"github.com/predworker/predworker/logging"
 )
 
-// TokenValidator checks a Google-signed ID token's signature, expiry and
-// audience (idtoken.Validator does).
-type TokenValidator interface {
-	Validate(ctx context.Context, token, audience string) (*idtoken.Payload, error)
+// Claims are what a verified Google ID token says about its caller.
+type Claims struct {
+	Issuer        string
+	Email         string
+	EmailVerified bool
+}
+
+// TokenVerifier checks a Google-signed ID token's signature, expiry and
+// audience, and returns its claims (api/googleid wraps Google's validator).
+type TokenVerifier interface {
+	Verify(ctx context.Context, token, audience string) (Claims, error)
 }
 
 // OIDCPolicy says which Google-signed identities may call.
@@ -28,7 +33,7 @@ type OIDCPolicy struct {
 // that surface open; the service refuses to start that way on Cloud Run
 // unless ALLOW_UNAUTHENTICATED=true.
 type Auth struct {
-	Validator TokenValidator
+	Verifier TokenVerifier
 	// Push guards POST /pubsub/push: Pub/Sub's OIDC token.
 	Push *OIDCPolicy
 	// Operator guards /v1/*: an ID token of an allowed identity, or
@@ -47,23 +52,25 @@ func bearer(r *http.Request) string {
 	return ""
 }
 
-// verify checks a bearer ID token against p. idtoken checks signature,
+func unauthenticated(msg string) *Error {
+	return &Error{Status: http.StatusUnauthorized, Code: CodeUnauthenticated, Message: msg}
+}
+
+// verify checks a bearer ID token against p. The verifier checks signature,
 // expiry and audience; issuer, email and email_verified are checked here.
 func (a *Auth) verify(ctx context.Context, token string, p *OIDCPolicy) *Error {
 	if token == "" {
-		return &Error{Status: http.StatusUnauthorized, Code: "unauthenticated", Message: "a bearer token is required"}
+		return unauthenticated("a bearer token is required")
 	}
-	payload, err := a.Validator.Validate(ctx, token, p.Audience)
+	c, err := a.Verifier.Verify(ctx, token, p.Audience)
 	if err != nil {
-		return &Error{Status: http.StatusUnauthorized, Code: "unauthenticated", Message: "the token is not valid"}
+		return unauthenticated("the token is not valid")
 	}
-	if !slices.Contains(googleIssuers, payload.Issuer) {
-		return &Error{Status: http.StatusUnauthorized, Code: "unauthenticated", Message: "the token was not issued by Google"}
+	if !slices.Contains(googleIssuers, c.Issuer) {
+		return unauthenticated("the token was not issued by Google")
 	}
-	email, _ := payload.Claims["email"].(string)
-	verified, _ := payload.Claims["email_verified"].(bool)
-	if email == "" || !verified || !slices.Contains(p.Emails, email) {
-		return &Error{Status: http.StatusForbidden, Code: "permission_denied", Message: "this identity may not call this endpoint"}
+	if c.Email == "" || !c.EmailVerified || !slices.Contains(p.Emails, c.Email) {
+		return &Error{Status: http.StatusForbidden, Code: CodePermissionDenied, Message: "this identity may not call this endpoint"}
 	}
 	return nil
 }
@@ -100,9 +107,9 @@ func (s *Server) requireOperator(next http.Handler) http.Handler {
 		case s.auth.Operator != nil:
 			ae = s.auth.verify(r.Context(), token, s.auth.Operator)
 		case token == "":
-			ae = &Error{Status: http.StatusUnauthorized, Code: "unauthenticated", Message: "a bearer token is required"}
+			ae = unauthenticated("a bearer token is required")
 		default:
-			ae = &Error{Status: http.StatusUnauthorized, Code: "unauthenticated", Message: "the token is not valid"}
+			ae = unauthenticated("the token is not valid")
 		}
 		if ae != nil {
 			logging.FromContext(r.Context(), s.log).Warn("operator request refused", "code", ae.Code)

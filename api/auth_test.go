@@ -14,17 +14,17 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/api/idtoken"
 	"google.golang.org/api/option"
 
 	"github.com/predworker/predworker/api"
+	"github.com/predworker/predworker/api/googleid"
 )
 
 // issuer signs ID tokens with a local RSA key and serves its JWKS; the
 // validator's HTTP client is pointed at it, so no network is used.
 type issuer struct {
 	key, other *rsa.PrivateKey
-	validator  *idtoken.Validator
+	verifier   *googleid.Verifier
 }
 
 // redirect sends every request (Google's certs URL included) to the local server.
@@ -57,11 +57,11 @@ func newIssuer(t *testing.T) *issuer {
 	}))
 	t.Cleanup(srv.Close)
 	u, _ := url.Parse(srv.URL)
-	v, err := idtoken.NewValidator(t.Context(), option.WithHTTPClient(&http.Client{Transport: redirect{u}}))
+	v, err := googleid.New(t.Context(), option.WithHTTPClient(&http.Client{Transport: redirect{u}}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &issuer{key: key, other: other, validator: v}
+	return &issuer{key: key, other: other, verifier: v}
 }
 
 func (is *issuer) token(t *testing.T, claims map[string]any, signer *rsa.PrivateKey) string {
@@ -93,7 +93,7 @@ func claims(aud, email string, verified bool, exp time.Time) map[string]any {
 func TestPushOIDC(t *testing.T) {
 	t.Parallel()
 	is := newIssuer(t)
-	f := setupWith(t, fixtureOpts{auth: api.Auth{Validator: is.validator,
+	f := setupWith(t, fixtureOpts{auth: api.Auth{Verifier: is.verifier,
 		Push: &api.OIDCPolicy{Audience: pushAudience, Emails: []string{pushSA}}}})
 	hour := time.Now().Add(time.Hour)
 	wrongIss := claims(pushAudience, pushSA, true, hour)
@@ -131,7 +131,7 @@ func TestPushOIDC(t *testing.T) {
 func TestOperatorAuth(t *testing.T) {
 	t.Parallel()
 	is := newIssuer(t)
-	f := setupWith(t, fixtureOpts{auth: api.Auth{Validator: is.validator, OperatorToken: "s3cret-token",
+	f := setupWith(t, fixtureOpts{auth: api.Auth{Verifier: is.verifier, OperatorToken: "s3cret-token",
 		Operator: &api.OIDCPolicy{Audience: opsAudience, Emails: []string{opsUser}}}})
 	hour := time.Now().Add(time.Hour)
 	for _, c := range []struct {

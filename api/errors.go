@@ -3,29 +3,67 @@ package api
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
+	"runtime/debug"
 	"strconv"
 
 	"github.com/predworker/predworker/logging"
-	"github.com/predworker/predworker/state"
 	"github.com/predworker/predworker/worker"
 )
 
-// Error codes of the API's error body.
+// Error codes of the API's error body. Every code the API sends is one of
+// these.
 const (
+	// Answers to the engine's error classes (the answers table).
 	CodeInvalidArgument  = "invalid_argument"
 	CodeNotFound         = "not_found"
 	CodeAlreadyExists    = "already_exists"
+	CodeFinished         = "batch_finished"
 	CodeLeaseHeld        = "lease_held"
+	CodeUnavailable      = "unavailable"
+	CodeDependencyFailed = "dependency_failed"
+	CodeInternal         = "internal"
+	// Answers of the HTTP layer itself.
+	CodeUnauthenticated  = "unauthenticated"
+	CodePermissionDenied = "permission_denied"
 	CodePayloadTooLarge  = "payload_too_large"
 	CodeUnsupportedMedia = "unsupported_media_type"
 	CodeMethodNotAllowed = "method_not_allowed"
-	CodeUnavailable      = "unavailable"
-	CodeInternal         = "internal"
+	CodeNotReadable      = "not_readable"
 )
 
-// Error is an API error: {"error": {"code", "message", "field"}}.
+// answer is how the API answers one error class.
+type answer struct {
+	status     int
+	code       string
+	retryAfter int // seconds; 0 sends no Retry-After
+	// message is what the caller reads; empty shows the error's own text
+	// (for classes whose errors are written for callers).
+	message string
+}
+
+// answers is the one table from the engine's error classes to HTTP answers
+// (worker.Classify decides the class). Every dependency outage answers 503
+// with Retry-After; only internal and dependency failures are logged loudly.
+var answers = map[worker.Class]answer{
+	worker.ClassValidation:  {http.StatusBadRequest, CodeInvalidArgument, 0, ""},
+	worker.ClassNotFound:    {http.StatusNotFound, CodeNotFound, 0, ""},
+	worker.ClassConflict:    {http.StatusConflict, CodeAlreadyExists, 0, "a batch with this id exists with a different request"},
+	worker.ClassFinished:    {http.StatusConflict, CodeFinished, 0, ""},
+	worker.ClassFailed:      {http.StatusConflict, CodeFinished, 0, ""},
+	worker.ClassBusy:        {http.StatusConflict, CodeLeaseHeld, 10, "another worker holds a live lease on this batch; retry later or resume with ?force=true"},
+	worker.ClassInterrupted: {http.StatusServiceUnavailable, CodeUnavailable, 1, "this instance is shutting down, or the work was interrupted; retry"},
+	worker.ClassUnavailable: {http.StatusServiceUnavailable, CodeUnavailable, 5, "a dependency (state store, feature source or sink) is unavailable; retry"},
+	worker.ClassDeadline:    {http.StatusServiceUnavailable, CodeUnavailable, 5, "a dependency did not answer in time; retry"},
+	worker.ClassDependency:  {http.StatusInternalServerError, CodeDependencyFailed, 0, "a dependency failed in a way retrying cannot fix; see the service's logs"},
+	worker.ClassInternal:    {http.StatusInternalServerError, CodeInternal, 0, "internal error"},
+}
+
+// Error is an API error: {"error": {"code", "message", "field"}}. Errors of
+// the HTTP layer (authentication, media type, body size, routing) are made
+// as Errors directly; everything else goes through the answers table.
 type Error struct {
 	Status  int    `json:"-"`
 	Code    string `json:"code"`
@@ -33,20 +71,34 @@ type Error struct {
 	Field   string `json:"field,omitempty"`
 	// RetryAfter, when set, is sent as the Retry-After header (seconds).
 	RetryAfter int `json:"-"`
+	// Class is the error's class for the push endpoint and the logs; empty
+	// means validation for a 4xx and internal otherwise.
+	Class worker.Class `json:"-"`
 }
 
 func (e *Error) Error() string { return e.Code + ": " + e.Message }
+
+// ErrorClass implements worker.Classifier.
+func (e *Error) ErrorClass() worker.Class {
+	switch {
+	case e.Class != "":
+		return e.Class
+	case e.Status < 500:
+		return worker.ClassValidation
+	}
+	return worker.ClassInternal
+}
 
 func invalid(field, msg string) *Error {
 	return &Error{Status: http.StatusBadRequest, Code: CodeInvalidArgument, Message: msg, Field: field}
 }
 
-// toAPIError is the one table from application errors to HTTP answers.
+// toAPIError turns any error into the answer the caller gets.
 func toAPIError(err error) *Error {
 	var (
 		ae *Error
-		ie *worker.InputError
 		me *http.MaxBytesError
+		ie *worker.InputError
 	)
 	switch {
 	case errors.As(err, &ae):
@@ -54,35 +106,35 @@ func toAPIError(err error) *Error {
 	case errors.As(err, &me):
 		return &Error{Status: http.StatusRequestEntityTooLarge, Code: CodePayloadTooLarge,
 			Message: "request body is larger than " + strconv.FormatInt(me.Limit, 10) + " bytes"}
-	case errors.As(err, &ie):
-		return invalid(ie.Field, ie.Message)
-	case errors.Is(err, state.ErrNotFound):
-		return &Error{Status: http.StatusNotFound, Code: CodeNotFound, Message: "no batch with that id"}
-	case errors.Is(err, state.ErrConflict):
-		return &Error{Status: http.StatusConflict, Code: CodeAlreadyExists, Field: "batch_id",
-			Message: "a batch with this id exists with a different request"}
-	case errors.Is(err, state.ErrLeaseHeld):
-		return &Error{Status: http.StatusConflict, Code: CodeLeaseHeld, RetryAfter: 10,
-			Message: "another worker holds a live lease on this batch; retry later or resume with ?force=true"}
-	case errors.Is(err, worker.ErrDraining):
-		return &Error{Status: http.StatusServiceUnavailable, Code: CodeUnavailable, RetryAfter: 1,
-			Message: "this instance is shutting down; retry"}
-	case errors.Is(err, state.ErrUnavailable):
-		return &Error{Status: http.StatusServiceUnavailable, Code: CodeUnavailable, RetryAfter: 5,
-			Message: "the state store is unavailable; retry"}
 	}
-	return &Error{Status: http.StatusInternalServerError, Code: CodeInternal, Message: "internal error"}
+	class := worker.Classify(err)
+	a := answers[class]
+	out := &Error{Status: a.status, Code: a.code, Message: a.message, RetryAfter: a.retryAfter, Class: class}
+	switch {
+	case errors.As(err, &ie):
+		out.Field, out.Message = ie.Field, ie.Message
+	case out.Message == "":
+		out.Message = err.Error()
+	}
+	if class == worker.ClassConflict {
+		out.Field = "batch_id"
+	}
+	return out
 }
 
-// writeError answers with err's status and body. Only internal errors are
-// logged loudly; the caller sees a clean message.
+// writeError answers with err's status and body. Only server-side failures
+// are logged loudly (with the error's class and a stack); the caller sees a
+// clean message.
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	ae := toAPIError(err)
 	log := logging.FromContext(r.Context(), s.log)
-	if ae.Status >= 500 {
-		log.Error("request failed", logging.Err(err), slog.String("code", ae.Code))
-	} else {
-		log.Debug("request refused", slog.String("error", err.Error()), slog.String("code", ae.Code))
+	switch {
+	case ae.Status >= 500 && ae.Status != http.StatusServiceUnavailable && ae.Status != http.StatusNotImplemented:
+		log.Error("request failed", worker.ErrorAttrs(err), slog.String("code", ae.Code))
+	case ae.Status >= 500:
+		log.Warn("request not served", worker.WarnAttrs(err), slog.String("code", ae.Code))
+	default:
+		log.Debug("request refused", worker.WarnAttrs(err), slog.String("code", ae.Code))
 	}
 	if ae.RetryAfter > 0 {
 		w.Header().Set("Retry-After", strconv.Itoa(ae.RetryAfter))
@@ -95,3 +147,19 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v) // the client went away; nothing left to tell it
 }
+
+// panicked is a recovered handler panic with the stack where it happened.
+type panicked struct {
+	value any
+	stack string
+}
+
+func newPanicked(v any) *panicked { return &panicked{value: v, stack: string(debug.Stack())} }
+
+func (p *panicked) Error() string { return fmt.Sprintf("panic: %v", p.value) }
+
+// StackTrace implements logging.StackTracer.
+func (p *panicked) StackTrace() string { return p.stack }
+
+// ErrorClass implements worker.Classifier.
+func (p *panicked) ErrorClass() worker.Class { return worker.ClassInternal }

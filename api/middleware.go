@@ -1,11 +1,11 @@
 package api
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"regexp"
-	"runtime/debug"
 	"strings"
 	"time"
 
@@ -13,7 +13,6 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/predworker/predworker/logging"
-	"github.com/predworker/predworker/worker"
 )
 
 var requestIDPattern = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
@@ -59,10 +58,10 @@ func (s *Server) recoverer(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		defer func() {
 			if v := recover(); v != nil {
-				if v == http.ErrAbortHandler {
-					panic(v)
+				if err, ok := v.(error); ok && errors.Is(err, http.ErrAbortHandler) {
+					panic(v) // net/http's own signal to abort the response
 				}
-				s.writeError(w, r, &worker.PanicError{Value: v, Stack: stack()})
+				s.writeError(w, r, newPanicked(v))
 			}
 		}()
 		next.ServeHTTP(w, r)
@@ -82,8 +81,6 @@ func (s *Server) accessLog(next http.Handler) http.Handler {
 		}
 		logging.FromContext(r.Context(), s.log).Log(r.Context(), level, "request",
 			slog.String("method", r.Method), slog.String("path", r.URL.Path), slog.Int("status", ww.Status()),
-			slog.Int("bytes", ww.BytesWritten()), slog.Duration("duration", time.Since(start)))
+			slog.Int("bytes", ww.BytesWritten()), slog.Int64("duration_ms", time.Since(start).Milliseconds()))
 	})
 }
-
-func stack() string { return string(debug.Stack()) }

@@ -16,7 +16,6 @@ import (
 
 	"github.com/predworker/predworker/events"
 	"github.com/predworker/predworker/logging"
-	"github.com/predworker/predworker/state"
 	"github.com/predworker/predworker/worker"
 )
 
@@ -25,12 +24,10 @@ import (
 // envelope fields are ignored (Pub/Sub may add some), unlike in the payload.
 type PushEnvelope struct {
 	Message struct {
-		Data          []byte            `json:"data"` // base64 in JSON
-		Attributes    map[string]string `json:"attributes"`
-		MessageID     string            `json:"messageId"`
-		MessageIDAlt  string            `json:"message_id"`
-		PublishTime   string            `json:"publishTime"`
-		PublishTimeAl string            `json:"publish_time"`
+		Data         []byte            `json:"data"` // base64 in JSON
+		Attributes   map[string]string `json:"attributes"`
+		MessageID    string            `json:"messageId"`
+		MessageIDAlt string            `json:"message_id"`
 	} `json:"message"`
 	Subscription    string `json:"subscription"`
 	DeliveryAttempt *int   `json:"deliveryAttempt"`
@@ -45,21 +42,21 @@ func (e *PushEnvelope) ID() string {
 }
 
 // DecodePushEnvelope parses a push body. It never panics; every failure is an
-// *worker.InputError.
+// *Error of class validation.
 func DecodePushEnvelope(raw []byte) (*PushEnvelope, error) {
 	var env PushEnvelope
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	if err := dec.Decode(&env); err != nil {
-		return nil, &worker.InputError{Field: "message", Message: "push body is not a Pub/Sub push envelope: " + err.Error(), Err: err}
+		return nil, invalid("message", "push body is not a Pub/Sub push envelope: "+err.Error())
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return nil, &worker.InputError{Field: "message", Message: "push body has data after the envelope"}
+		return nil, invalid("message", "push body has data after the envelope")
 	}
 	if env.ID() == "" {
-		return nil, &worker.InputError{Field: "message.messageId", Message: "push envelope has no message id"}
+		return nil, invalid("message.messageId", "push envelope has no message id")
 	}
 	if len(env.Message.Data) == 0 {
-		return nil, &worker.InputError{Field: "message.data", Message: "push message has no data"}
+		return nil, invalid("message.data", "push message has no data")
 	}
 	return &env, nil
 }
@@ -71,14 +68,11 @@ func DecodeBatchRequest(data []byte) (BatchRequest, error) {
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&req); err != nil {
-		var ae *Error
-		if errors.As(decodeError(err), &ae) {
-			return req, &worker.InputError{Field: ae.Field, Message: "message data: " + ae.Message, Err: err}
-		}
-		return req, &worker.InputError{Field: "message.data", Message: err.Error(), Err: err}
+		ae := decodeError(err)
+		return req, invalid(ae.Field, "message data: "+ae.Message)
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return req, &worker.InputError{Field: "message.data", Message: "message data holds more than one JSON value"}
+		return req, invalid("message.data", "message data holds more than one JSON value")
 	}
 	return req, nil
 }
@@ -96,18 +90,22 @@ func pushBatchID(req BatchRequest, env *PushEnvelope) string {
 }
 
 // push answers Pub/Sub: 2xx acks, anything else has the message redelivered.
+// It decodes the message, runs its batch here through the one lifecycle
+// (worker.Runner.Do) within the push budget, and translates the outcome:
 //
 //	completed (now or before)                    204
+//	failed (now or before)                       dead letter, 204
 //	bad envelope or payload, unknown date, …     dead letter, 204 (500 if it cannot be stored)
-//	live lease held by another instance          429 + Retry-After
-//	transient failure, drain, budget spent       503 + Retry-After (resumes from the checkpoint)
+//	held by another owner, or running here       429 + Retry-After
+//	budget spent                                 continuation + 204, or 503 + Retry-After
+//	transient failure, drain                     503 + Retry-After (resumes from the checkpoint)
 //	internal error on attempt ≥ MaxAttempts      dead letter, 204
 func (s *Server) push(w http.ResponseWriter, r *http.Request) {
 	raw, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
 	if err != nil {
 		var me *http.MaxBytesError
 		if errors.As(err, &me) {
-			s.deadLetter(w, r, pushCtx{raw: raw}, &worker.InputError{Field: "message", Message: "push body over the size limit", Err: err})
+			s.deadLetter(w, r, pushCtx{raw: raw}, toAPIError(err))
 			return
 		}
 		s.pushRetry(w, r, fmt.Errorf("read push body: %w", err))
@@ -127,7 +125,7 @@ func (s *Server) push(w http.ResponseWriter, r *http.Request) {
 	}
 	defer func() {
 		if v := recover(); v != nil {
-			s.pushOutcome(w, r, pc, &worker.PanicError{Value: v, Stack: stack()})
+			s.pushFailed(w, r, pc, newPanicked(v))
 		}
 	}()
 	req, err := DecodeBatchRequest(env.Message.Data)
@@ -136,64 +134,65 @@ func (s *Server) push(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	pc.batchID = pushBatchID(req, env)
-	if err := worker.ValidateBatchID(pc.batchID); err != nil {
-		s.deadLetter(w, r, pc, err)
-		return
+	breq := req.stateRequest()
+	if breq.CorrelationID == "" {
+		breq.CorrelationID = env.Message.Attributes["correlation_id"]
 	}
-	correlation := req.CorrelationID
-	if correlation == "" {
-		correlation = env.Message.Attributes["correlation_id"]
-	}
-	b, _, err := s.engine.Submit(r.Context(), pc.batchID, state.Request{GameDate: req.GameDate, Players: req.Players,
-		Systems: req.Systems, ChunkSize: req.ChunkSize, CorrelationID: correlation})
+	out, err := s.runner.Do(r.Context(), worker.Job{BatchID: pc.batchID, Request: breq, Here: true, Budget: s.pushBudget})
 	if err != nil {
-		s.pushOutcome(w, r, pc, err)
+		s.pushFailed(w, r, pc, err)
 		return
 	}
-	if b.Status == state.StatusCompleted {
+	s.pushAnswer(w, r, pc, out)
+}
+
+// pushAnswer translates the outcome of a push's run into Pub/Sub's terms.
+func (s *Server) pushAnswer(w http.ResponseWriter, r *http.Request, pc pushCtx, out worker.Outcome) {
+	switch out.Kind {
+	case worker.Completed:
 		w.WriteHeader(http.StatusNoContent)
-		return
-	}
-	claimed, err := s.engine.Claim(r.Context(), b.ID, state.ClaimOptions{})
-	switch {
-	case errors.Is(err, state.ErrFinished) && claimed.Status == state.StatusCompleted:
-		w.WriteHeader(http.StatusNoContent)
-		return
-	case errors.Is(err, state.ErrFinished):
-		s.deadLetter(w, r, pc, fmt.Errorf("batch %s failed earlier: %s: %w", b.ID, claimed.Error, &worker.BatchFailedError{Err: errors.New(claimed.Error)}))
-		return
-	case errors.Is(err, state.ErrLeaseHeld):
-		wait := max(1, int(time.Until(claimed.Lease.ExpiresAt).Seconds())+1)
-		w.Header().Set("Retry-After", strconv.Itoa(wait))
-		writeJSON(w, http.StatusTooManyRequests, map[string]*Error{"error": {Code: CodeLeaseHeld,
-			Message: "another instance is running this batch; the redelivery will find it completed or orphaned"}})
-		return
-	case err != nil:
-		s.pushOutcome(w, r, pc, err)
-		return
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), s.pushBudget)
-	defer cancel()
-	_, err = s.runner.RunHere(ctx, claimed)
-	if err == nil {
-		w.WriteHeader(http.StatusNoContent)
-		return
-	}
-	budgetSpent := errors.Is(ctx.Err(), context.DeadlineExceeded) && r.Context().Err() == nil
-	if budgetSpent && s.continuer != nil {
-		// Progress is checkpointed and the lease released; hand the rest to
-		// a fresh message instead of waiting for a redelivery.
-		attrs := map[string]string{"batch_id": claimed.ID, "continuation_of": env.ID()}
-		cerr := s.continuer.Continue(r.Context(), env.Message.Data, attrs)
-		if cerr == nil {
-			logging.FromContext(r.Context(), s.log).Info("push budget spent; continued in a new message",
-				slog.String("batch_id", claimed.ID))
-			w.WriteHeader(http.StatusNoContent)
+	case worker.Failed:
+		s.deadLetterAs(w, r, pc, worker.ClassFailed, fmt.Errorf("batch %s failed: %w", out.Batch.ID, out.Err))
+	case worker.Held, worker.Running:
+		s.pushHeld(w, out)
+	case worker.Draining:
+		s.pushRetry(w, r, worker.ErrDraining)
+	case worker.Interrupted:
+		if out.BudgetSpent && s.continuer != nil {
+			s.pushContinue(w, r, pc, out)
 			return
 		}
-		err = errors.Join(err, fmt.Errorf("publish continuation: %w", cerr))
+		s.pushRetry(w, r, out.Err)
+	default:
+		s.pushRetry(w, r, fmt.Errorf("push of batch %s ended %s", out.Batch.ID, out.Kind))
 	}
-	s.pushOutcome(w, r, pc, err)
+}
+
+// pushContinue hands the rest of a batch whose push budget ran out to a
+// fresh message (progress is checkpointed and the lease released), instead of
+// waiting for a redelivery.
+func (s *Server) pushContinue(w http.ResponseWriter, r *http.Request, pc pushCtx, out worker.Outcome) {
+	attrs := map[string]string{"batch_id": out.Batch.ID, "continuation_of": pc.env.ID()}
+	if err := s.continuer.Continue(r.Context(), pc.env.Message.Data, attrs); err != nil {
+		s.pushRetry(w, r, errors.Join(out.Err, fmt.Errorf("publish continuation: %w", err)))
+		return
+	}
+	logging.FromContext(r.Context(), s.log).Info("push budget spent; continued in a new message",
+		slog.String("batch_id", out.Batch.ID))
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// pushHeld nacks a message whose batch another owner (or another request of
+// this instance) is running: the redelivery will find it completed or
+// orphaned.
+func (s *Server) pushHeld(w http.ResponseWriter, out worker.Outcome) {
+	wait := answers[worker.ClassBusy].retryAfter
+	if !out.HeldUntil.IsZero() {
+		wait = max(1, int(time.Until(out.HeldUntil).Seconds())+1)
+	}
+	w.Header().Set("Retry-After", strconv.Itoa(wait))
+	writeJSON(w, http.StatusTooManyRequests, map[string]*Error{"error": {Code: answers[worker.ClassBusy].code,
+		Message: "another owner is running this batch; the redelivery will find it completed or orphaned"}})
 }
 
 // Continuer publishes a continuation message for a batch whose push budget
@@ -223,11 +222,13 @@ func (s *Server) attempt(ctx context.Context, env *PushEnvelope) (int, error) {
 	return n, nil
 }
 
-// pushOutcome answers an error by its class.
-func (s *Server) pushOutcome(w http.ResponseWriter, r *http.Request, pc pushCtx, err error) {
-	class, transient := worker.Classify(err)
+// pushFailed answers an error by its class: permanent errors are
+// dead-lettered; internal errors too once the delivery attempts run out;
+// everything else is redelivered.
+func (s *Server) pushFailed(w http.ResponseWriter, r *http.Request, pc pushCtx, err error) {
+	class := worker.Classify(err)
 	switch {
-	case !transient:
+	case class.Permanent():
 		s.deadLetter(w, r, pc, err)
 	case class == worker.ClassInternal && pc.attempt >= s.maxAttempts:
 		s.deadLetter(w, r, pc, fmt.Errorf("gave up after %d attempts: %w", pc.attempt, err))
@@ -236,23 +237,34 @@ func (s *Server) pushOutcome(w http.ResponseWriter, r *http.Request, pc pushCtx,
 	}
 }
 
-// pushRetry nacks: Pub/Sub redelivers with backoff.
+// pushRetry nacks: Pub/Sub redelivers with backoff. The body and the
+// Retry-After come from the answers table.
 func (s *Server) pushRetry(w http.ResponseWriter, r *http.Request, err error) {
-	class, _ := worker.Classify(err)
+	class := worker.Classify(err)
 	log := logging.FromContext(r.Context(), s.log)
 	if class == worker.ClassInternal {
-		log.Error("push failed; asking for redelivery", logging.Err(err), slog.String("error_class", string(class)))
+		log.Error("push failed; asking for redelivery", worker.ErrorAttrs(err))
 	} else {
-		log.Warn("push not done; asking for redelivery", slog.String("error", err.Error()), slog.String("error_class", string(class)))
+		log.Warn("push not done; asking for redelivery", worker.WarnAttrs(err))
 	}
-	w.Header().Set("Retry-After", "10")
-	writeJSON(w, http.StatusServiceUnavailable, map[string]*Error{"error": {Code: CodeUnavailable,
+	a := answers[class]
+	wait := a.retryAfter
+	if wait == 0 {
+		wait = 10
+	}
+	w.Header().Set("Retry-After", strconv.Itoa(wait))
+	writeJSON(w, http.StatusServiceUnavailable, map[string]*Error{"error": {Code: a.code,
 		Message: "not done yet (" + string(class) + "); redeliver"}})
 }
 
-// deadLetter records a permanent failure with its raw message and acks it.
+// deadLetter records a permanent failure with its raw message and its class,
+// and acks it.
 func (s *Server) deadLetter(w http.ResponseWriter, r *http.Request, pc pushCtx, cause error) {
-	class, _ := worker.Classify(cause)
+	s.deadLetterAs(w, r, pc, worker.Classify(cause), cause)
+}
+
+// deadLetterAs is deadLetter for a cause of a known class.
+func (s *Server) deadLetterAs(w http.ResponseWriter, r *http.Request, pc pushCtx, class worker.Class, cause error) {
 	var msgID, sub string
 	if pc.env != nil {
 		msgID, sub = pc.env.ID(), pc.env.Subscription
@@ -263,8 +275,8 @@ func (s *Server) deadLetter(w http.ResponseWriter, r *http.Request, pc pushCtx, 
 		slog.String("batch_id", pc.batchID), slog.String("error_class", string(class)), slog.Int("attempt", pc.attempt))
 	created, err := s.deadLetters.Put(r.Context(), d)
 	if err != nil {
-		log.Error("dead letter could not be stored; asking for redelivery", logging.Err(err))
-		writeJSON(w, http.StatusInternalServerError, map[string]*Error{"error": {Code: CodeInternal,
+		log.Error("dead letter could not be stored; asking for redelivery", worker.ErrorAttrs(err))
+		writeJSON(w, http.StatusInternalServerError, map[string]*Error{"error": {Code: answers[worker.ClassInternal].code,
 			Message: "the dead letter could not be stored"}})
 		return
 	}
@@ -297,13 +309,10 @@ func (s *Server) listDeadLetters(w http.ResponseWriter, r *http.Request) {
 }
 
 // retryDeadLetter re-drives a dead letter: its batch request is submitted and
-// started again. A message that is still invalid is refused with the reason.
+// started again (a failed batch is reopened). A message that is still
+// invalid is refused with the reason.
 func (s *Server) retryDeadLetter(w http.ResponseWriter, r *http.Request) {
 	d, err := s.deadLetters.Get(r.Context(), chi.URLParam(r, "id"))
-	if errors.Is(err, events.ErrNotFound) {
-		s.writeError(w, r, &Error{Status: http.StatusNotFound, Code: CodeNotFound, Message: "no dead letter with that id"})
-		return
-	}
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -318,22 +327,19 @@ func (s *Server) retryDeadLetter(w http.ResponseWriter, r *http.Request) {
 			Message: "the dead-lettered message is still invalid: " + err.Error()})
 		return
 	}
-	b, _, err := s.engine.Submit(r.Context(), pushBatchID(req, env), state.Request{GameDate: req.GameDate,
-		Players: req.Players, Systems: req.Systems, ChunkSize: req.ChunkSize, CorrelationID: req.CorrelationID})
+	out, err := s.runner.Do(r.Context(), worker.Job{BatchID: pushBatchID(req, env), Request: req.stateRequest(), Reopen: true})
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	if err := s.deadLetters.MarkRetried(r.Context(), d.ID); err != nil {
-		s.writeError(w, r, err)
+	if out.Kind == worker.Draining {
+		s.writeError(w, r, worker.ErrDraining)
 		return
 	}
-	if !b.Status.Finished() || b.Status == state.StatusFailed {
-		if b, err = s.start(r.Context(), b, state.ClaimOptions{Reopen: true}); err != nil {
-			s.writeError(w, r, err)
-			return
-		}
+	if err := s.deadLetters.MarkRetried(r.Context(), d.ID); err != nil {
+		s.writeError(w, r, fmt.Errorf("mark dead letter %s retried: %w", d.ID, err))
+		return
 	}
-	w.Header().Set("Location", "/v1/batches/"+b.ID)
-	writeJSON(w, http.StatusAccepted, StatusOf(b))
+	w.Header().Set("Location", "/v1/batches/"+out.Batch.ID)
+	writeJSON(w, http.StatusAccepted, StatusOf(out.Batch))
 }

@@ -62,13 +62,16 @@ type service struct {
 // from cmd/worker/config.go (the env tags).
 func configVariables(t *testing.T) map[string]bool {
 	t.Helper()
-	src, err := os.ReadFile("../cmd/worker/config.go")
-	if err != nil {
-		t.Fatal(err)
-	}
 	vars := map[string]bool{}
-	for _, m := range regexp.MustCompile(`env:"([A-Z_]+)`).FindAllStringSubmatch(string(src), -1) {
-		vars[m[1]] = true
+	// The service's own settings, and the engine's it embeds.
+	for _, file := range []string{"../cmd/worker/config.go", "../worker/config.go"} {
+		src, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range regexp.MustCompile(`env:"([A-Z_]+)`).FindAllStringSubmatch(string(src), -1) {
+			vars[m[1]] = true
+		}
 	}
 	return vars
 }

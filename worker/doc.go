@@ -2,6 +2,22 @@
 // chunk after chunk, and keeps the guarantees that make a crash at any
 // instant harmless.
 //
+// # Where things are
+//
+//   - errors.go: the one error taxonomy (Class, Classify) and every error
+//     type the engine produces. The engine's retry and fail decisions, the
+//     API's answers and the push endpoint's acks all derive from Classify.
+//   - lifecycle.go: Runner.Do, the batch lifecycle every entry point shares
+//     (create or resume, claim, run here or in the background, within a
+//     budget) and the Outcome each entry point translates.
+//   - submit.go: request validation, batch ids, batch creation.
+//   - run.go: the chunk loop and how a run that ends early is left behind.
+//   - fanout.go: the fan-out to systems (plan → call → combine → tally),
+//     deadlines, circuit breakers, fallbacks.
+//   - lease.go: owner ids, heartbeat, self-fencing.
+//   - runner.go: background runs, the sweeper, the two-stage drain.
+//   - config.go: settings, their one set of defaults, their validation.
+//
 // # Batch state machine
 //
 //	pending ──claim──▶ running ──last chunk checkpointed──▶ completed

@@ -571,8 +571,8 @@ func TestDrainReleasesLease(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := r.Resume(t.Context(), batch.ID, state.ClaimOptions{}); err != nil {
-		t.Fatal(err)
+	if out, err := r.Do(t.Context(), Job{BatchID: batch.ID}); err != nil || out.Kind != Started {
+		t.Fatalf("start: %+v, %v", out.Kind, err)
 	}
 	<-gate.entered // chunk 1 hangs: the soft stop cannot finish it
 	start := time.Now()
@@ -587,8 +587,8 @@ func TestDrainReleasesLease(t *testing.T) {
 	if got.Lease.Owner != "" || got.Status != state.StatusRunning || got.DoneChunks != 1 {
 		t.Fatalf("after drain: owner %q status %s done %d; want released, running, 1", got.Lease.Owner, got.Status, got.DoneChunks)
 	}
-	if _, err := r.Resume(t.Context(), batch.ID, state.ClaimOptions{}); !errors.Is(err, ErrDraining) {
-		t.Fatalf("resume while draining: %v", err)
+	if out, err := r.Do(t.Context(), Job{BatchID: batch.ID}); err != nil || out.Kind != Draining {
+		t.Fatalf("resume while draining: %s, %v", out.Kind, err)
 	}
 	// Another engine resumes at once, without waiting for the TTL.
 	close(gate.gate)
@@ -714,10 +714,22 @@ func TestEnsembleWithTooFewInputsFallsBack(t *testing.T) {
 	}
 }
 
+// poorQuality scores every feature row below the default quality floor.
+type poorQuality struct{ systems.FeatureSource }
+
+func (p poorQuality) Features(ctx context.Context, date string, players []string) (map[string]*systems.Features, error) {
+	fs, err := p.FeatureSource.Features(ctx, date, players)
+	for _, f := range fs {
+		f.Quality = systems.DefaultMinQuality - 1
+	}
+	return fs, err
+}
+
 func TestInvalidFeaturesGiveFailureRecords(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil, nil)
-	e := b.engine(t, Config{MinQuality: 101}) // nobody's data is good enough
+	b.features = poorQuality{b.features} // nobody's data is good enough
+	e := b.engine(t, Config{})
 	batch, _, err := e.Submit(t.Context(), "q", state.Request{GameDate: "2025-01-15", Players: players(t, 2)})
 	if err != nil {
 		t.Fatal(err)
@@ -759,7 +771,7 @@ func TestHungSystemCostsOnlyItsTimeout(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	rows, _ := e.predictChunk(t.Context(), batch, batch.Chunk(0), feats, e.log)
+	rows, _ := e.fanout.predict(t.Context(), batch, batch.Chunk(0), feats, time.Now(), e.log)
 	took := time.Since(start)
 	t.Logf("fan-out of 50 players × 2 systems with one hung (timeout %v): %v", timeout, took)
 	hung := 0

@@ -31,13 +31,38 @@ type FaultRule struct {
 	Latency time.Duration
 }
 
-// ErrInjected is the error an "error" fault returns.
-var ErrInjected = errors.New("injected fault")
+// errInjected is the error an "error" fault returns.
+var errInjected = errors.New("injected fault")
+
+// Faults are the rules of FAULTS.
+type Faults []FaultRule
+
+// UnmarshalText implements encoding.TextUnmarshaler (see ParseFaults).
+func (f *Faults) UnmarshalText(b []byte) error {
+	rules, err := ParseFaults(string(b))
+	if err != nil {
+		return err
+	}
+	*f = rules
+	return nil
+}
+
+// String renders the rules in FAULTS syntax.
+func (f Faults) String() string {
+	parts := make([]string, len(f))
+	for i, r := range f {
+		parts[i] = fmt.Sprintf("system=%s,kind=%s,rate=%g", r.System, r.Kind, r.Rate)
+		if r.Latency > 0 {
+			parts[i] += ",latency=" + r.Latency.String()
+		}
+	}
+	return strings.Join(parts, ";")
+}
 
 // ParseFaults parses FAULTS: rules separated by ";", each
 // "system=<id|*>,kind=<latency|error|panic|hang>,rate=<0..1>[,latency=<duration>]".
-func ParseFaults(spec string) ([]FaultRule, error) {
-	var rules []FaultRule
+func ParseFaults(spec string) (Faults, error) {
+	var rules Faults
 	for i, raw := range strings.Split(spec, ";") {
 		raw = strings.TrimSpace(raw)
 		if raw == "" {
@@ -98,7 +123,7 @@ type faulty struct {
 
 // withFaults returns s wrapped with the rules naming it (or "*"); s itself
 // when none do.
-func withFaults(s systems.System, rules []FaultRule) systems.System {
+func withFaults(s systems.System, rules Faults) systems.System {
 	var mine []FaultRule
 	for _, r := range rules {
 		if r.System == "*" || r.System == s.ID() {
@@ -126,7 +151,7 @@ func (f faulty) Predict(ctx context.Context, in *systems.Features) (systems.Esti
 				return systems.Estimate{}, ctx.Err()
 			}
 		case FaultError:
-			return systems.Estimate{}, fmt.Errorf("%s: %w", f.ID(), ErrInjected)
+			return systems.Estimate{}, fmt.Errorf("%s: %w", f.ID(), errInjected)
 		case FaultPanic:
 			panic(fmt.Sprintf("injected panic in %s", f.ID()))
 		case FaultHang:

@@ -62,7 +62,7 @@ func NewMetrics(reg prometheus.Registerer, store state.Store) *Metrics {
 		}),
 		Errors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "predworker_errors_total",
-			Help: "Errors logged, by where they happened and class (transient, permanent).",
+			Help: "Errors logged, by where they happened (op) and error class (validation, unavailable, internal, …; see worker.Class).",
 		}, []string{"op", "class"}),
 	}
 	if reg != nil {

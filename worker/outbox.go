@@ -4,36 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"time"
 
-	"github.com/predworker/predworker/state"
+	"github.com/predworker/predworker/events"
 )
-
-// Publisher delivers completion events (to the log, to Pub/Sub). It returns
-// only once the event is confirmed delivered.
-type Publisher interface {
-	PublishEvent(ctx context.Context, ev state.Event) error
-}
-
-// LogPublisher "publishes" events as log lines (EVENTS=log).
-type LogPublisher struct{ Log *slog.Logger }
-
-// PublishEvent implements Publisher.
-func (p LogPublisher) PublishEvent(_ context.Context, ev state.Event) error {
-	p.Log.Info("completion event", slog.String("event_id", ev.ID), slog.String("type", ev.Type),
-		slog.String("batch_id", ev.BatchID), slog.String("game_date", ev.GameDate),
-		slog.Int("predictions", ev.Predictions), slog.Int("fallbacks", ev.Fallbacks),
-		slog.Int("failed_items", ev.FailedItems), slog.Int64("duration_ms", ev.DurationMS),
-		slog.String("correlation_id", ev.CorrelationID))
-	return nil
-}
 
 // DispatchOutbox publishes the store's unsent events, oldest first, marking
 // each sent only after the publisher confirmed it. It stops at the first
 // failure (the event stays in the outbox for the next pass) and returns how
 // many it sent.
-func (e *Engine) DispatchOutbox(ctx context.Context, pub Publisher) (int, error) {
+func (e *Engine) DispatchOutbox(ctx context.Context, pub events.Publisher) (int, error) {
 	evs, err := e.store.Outbox(ctx, 100)
 	if err != nil {
 		return 0, fmt.Errorf("read outbox: %w", err)
@@ -54,13 +34,13 @@ func (e *Engine) DispatchOutbox(ctx context.Context, pub Publisher) (int, error)
 // OutboxLoop dispatches the outbox every interval until ctx ends, and once
 // more, briefly, when it does (what it cannot publish then stays in the
 // outbox for the next instance).
-func (r *Runner) OutboxLoop(ctx context.Context, pub Publisher, interval time.Duration) {
+func (r *Runner) OutboxLoop(ctx context.Context, pub events.Publisher, interval time.Duration) {
 	t := r.engine.clock.NewTicker(interval)
 	defer t.Stop()
 	pass := func(ctx context.Context) {
 		if _, err := r.engine.DispatchOutbox(ctx, pub); err != nil && !errors.Is(err, context.Canceled) {
-			r.engine.metrics.Errors.WithLabelValues("publish", "transient").Inc()
-			r.log.Warn("outbox dispatch failed; will retry", slog.String("error", err.Error()))
+			r.engine.metrics.Errors.WithLabelValues("publish", string(Classify(err))).Inc()
+			r.log.Warn("outbox dispatch failed; will retry", WarnAttrs(err))
 		}
 	}
 	for {

@@ -11,12 +11,13 @@ import (
 	"github.com/predworker/predworker/state"
 )
 
-// ErrDraining: the runner is shutting down and takes no new work.
-var ErrDraining = errors.New("worker is draining")
+// errRunningHere: the batch is already running in this process.
+var errRunningHere = errors.New("batch is already running in this process")
 
-// Runner owns the batches a serving process runs in the background: it starts
-// them, sweeps for orphans, and drains them on shutdown. Every goroutine it
-// starts is waited for in Drain.
+// Runner owns the batches a process runs, in the background or in a
+// caller's goroutine: it starts them (Do, in lifecycle.go), sweeps for
+// orphans, and drains them on shutdown. Every goroutine it starts is waited
+// for in Drain.
 type Runner struct {
 	engine *Engine
 	log    *slog.Logger
@@ -56,95 +57,79 @@ func (r *Runner) Active() []string {
 	return out
 }
 
-// Start runs an already claimed batch in the background. It returns
-// ErrDraining (after releasing the lease) when the runner is shutting down.
-func (r *Runner) Start(b state.Batch) error {
+func (r *Runner) isActive(id string) bool {
 	r.mu.Lock()
-	if r.draining || r.active[b.ID] {
-		draining := r.draining
+	defer r.mu.Unlock()
+	return r.active[id]
+}
+
+// admit registers a run of a claimed batch. When the runner is draining, or
+// the batch already runs here, it releases the claim instead and says why.
+func (r *Runner) admit(ctx context.Context, b state.Batch) error {
+	r.mu.Lock()
+	if !r.draining && !r.active[b.ID] {
+		r.active[b.ID] = true
+		r.wg.Add(1)
 		r.mu.Unlock()
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		if err := r.engine.store.Release(ctx, b.ID, b.Lease); err != nil && !errors.Is(err, state.ErrLeaseLost) {
-			r.log.Error("release lease of a batch not started", slog.String("batch_id", b.ID), logging.Err(err))
-		}
-		if draining {
-			return ErrDraining
-		}
-		return nil // already running here: the claim above bumped the epoch, the
-		// running copy will see lease_lost; the new claim was released.
+		return nil
 	}
-	r.active[b.ID] = true
-	r.wg.Add(1)
+	why := errRunningHere
+	if r.draining {
+		why = ErrDraining
+	}
 	r.mu.Unlock()
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	if err := r.engine.store.Release(rctx, b.ID, b.Lease); err != nil && !errors.Is(err, state.ErrLeaseLost) {
+		logging.FromContext(ctx, r.log).Error("release lease of a batch not started", slog.String("batch_id", b.ID), ErrorAttrs(err))
+	}
+	return why
+}
+
+func (r *Runner) done(id string) {
+	r.mu.Lock()
+	delete(r.active, id)
+	r.mu.Unlock()
+	r.wg.Done()
+}
+
+// start runs an already claimed batch in the background. Its lines carry
+// the logger of ctx (the request that started it); its life is the
+// runner's, not ctx's.
+func (r *Runner) start(ctx context.Context, b state.Batch) error {
+	if err := r.admit(ctx, b); err != nil {
+		return err
+	}
+	runCtx := logging.WithLogger(r.hardCtx, logging.FromContext(ctx, r.log))
 	go func() {
-		defer r.wg.Done()
-		defer func() {
-			r.mu.Lock()
-			delete(r.active, b.ID)
-			r.mu.Unlock()
-		}()
-		_, err := r.engine.RunClaimed(r.hardCtx, b, RunOptions{Stop: r.soft})
+		defer r.done(b.ID)
+		_, err := r.engine.RunClaimed(runCtx, b, RunOptions{Stop: r.soft})
 		var failed *BatchFailedError
 		switch {
-		case err == nil, errors.Is(err, ErrInterrupted), errors.As(err, &failed):
+		case err == nil, errors.Is(err, ErrInterrupted), errors.As(err, &failed), errors.Is(err, state.ErrLeaseLost):
 			// logged by the engine
-		case errors.Is(err, state.ErrLeaseLost):
 		default:
-			r.log.Error("run ended with an error", slog.String("batch_id", b.ID), logging.Err(err))
+			logging.FromContext(runCtx, r.log).Error("run ended with an error", slog.String("batch_id", b.ID), ErrorAttrs(err))
 		}
 	}()
 	return nil
 }
 
-// RunHere runs an already claimed batch in the caller's goroutine (a push
-// request), tracked like the background runs: a drain stops it after the chunk
-// in flight and abandons it at the end of the budget, and the lease is
-// released either way.
-func (r *Runner) RunHere(ctx context.Context, b state.Batch) (state.Batch, error) {
-	r.mu.Lock()
-	if r.draining || r.active[b.ID] {
-		r.mu.Unlock()
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-		defer cancel()
-		if err := r.engine.store.Release(rctx, b.ID, b.Lease); err != nil && !errors.Is(err, state.ErrLeaseLost) {
-			r.log.Error("release lease of a batch not started", slog.String("batch_id", b.ID), logging.Err(err))
-		}
-		return b, ErrDraining
+// runHere runs an already claimed batch in the caller's goroutine (a push
+// request, the CLI), tracked like the background runs: a drain stops it after
+// the chunk in flight and abandons it at the end of the drain budget, and the
+// lease is released either way.
+func (r *Runner) runHere(ctx context.Context, b state.Batch, opts RunOptions) (state.Batch, error) {
+	if err := r.admit(ctx, b); err != nil {
+		return b, err
 	}
-	r.active[b.ID] = true
-	r.wg.Add(1)
-	r.mu.Unlock()
-	defer func() {
-		r.mu.Lock()
-		delete(r.active, b.ID)
-		r.mu.Unlock()
-		r.wg.Done()
-	}()
+	defer r.done(b.ID)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stop := context.AfterFunc(r.hardCtx, cancel)
 	defer stop()
-	return r.engine.RunClaimed(ctx, b, RunOptions{Stop: r.soft})
-}
-
-// Resume claims batch id and runs it in the background.
-func (r *Runner) Resume(ctx context.Context, id string, opts state.ClaimOptions) (state.Batch, error) {
-	if r.Draining() {
-		return state.Batch{}, ErrDraining
-	}
-	r.mu.Lock()
-	here := r.active[id]
-	r.mu.Unlock()
-	if here {
-		// Already running in this process: claiming again would fence it.
-		return r.engine.store.Get(ctx, id)
-	}
-	b, err := r.engine.Claim(ctx, id, opts)
-	if err != nil {
-		return b, err
-	}
-	return b, r.Start(b)
+	opts.Stop = r.soft
+	return r.engine.RunClaimed(ctx, b, opts)
 }
 
 // Sweep claims every orphaned batch (expired or released lease, or a lease of
@@ -153,27 +138,13 @@ func (r *Runner) Sweep(ctx context.Context) ([]string, error) {
 	if r.Draining() {
 		return nil, ErrDraining
 	}
-	orphans, err := r.engine.store.Orphans(ctx, 100)
+	orphans, err := r.orphans(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if r.engine.cfg.LocalOwners {
-		running, err := r.engine.store.List(ctx, state.ListFilter{Status: state.StatusRunning, Limit: 500})
-		if err != nil {
-			return nil, err
-		}
-		for _, b := range running {
-			if b.Lease.Owner != "" && ownerGone(b.Lease.Owner) {
-				orphans = append(orphans, b)
-			}
-		}
-	}
 	var started []string
 	for _, o := range orphans {
-		r.mu.Lock()
-		mine := r.active[o.ID]
-		r.mu.Unlock()
-		if mine {
+		if r.isActive(o.ID) {
 			continue
 		}
 		b, err := r.engine.Claim(ctx, o.ID, state.ClaimOptions{})
@@ -183,12 +154,35 @@ func (r *Runner) Sweep(ctx context.Context) ([]string, error) {
 		case err != nil:
 			return started, err
 		}
-		if err := r.Start(b); err != nil {
+		if err := r.start(ctx, b); errors.Is(err, errRunningHere) {
+			continue
+		} else if err != nil {
 			return started, err
 		}
 		started = append(started, b.ID)
 	}
 	return started, nil
+}
+
+// orphans lists the batches a sweep may claim.
+func (r *Runner) orphans(ctx context.Context) ([]state.Batch, error) {
+	orphans, err := r.engine.store.Orphans(ctx, 100)
+	if err != nil {
+		return nil, err
+	}
+	if !r.engine.cfg.LocalOwners {
+		return orphans, nil
+	}
+	running, err := r.engine.store.List(ctx, state.ListFilter{Status: state.StatusRunning, Limit: 500})
+	if err != nil {
+		return nil, err
+	}
+	for _, b := range running {
+		if b.Lease.Owner != "" && ownerGone(b.Lease.Owner) {
+			orphans = append(orphans, b)
+		}
+	}
+	return orphans, nil
 }
 
 // SweepLoop sweeps once at once and then every SweepInterval until ctx ends or
@@ -198,7 +192,7 @@ func (r *Runner) SweepLoop(ctx context.Context) {
 	defer t.Stop()
 	for {
 		if ids, err := r.Sweep(ctx); err != nil && !errors.Is(err, ErrDraining) && ctx.Err() == nil {
-			r.log.Warn("sweep failed", slog.String("error", err.Error()))
+			r.log.Warn("sweep failed", WarnAttrs(err))
 		} else if len(ids) > 0 {
 			r.log.Info("resumed orphaned batches", slog.Any("batch_ids", ids))
 		}
@@ -212,10 +206,18 @@ func (r *Runner) SweepLoop(ctx context.Context) {
 	}
 }
 
+// SoftDrainBudget is the part of a shutdown budget the runs get to finish
+// their chunk in flight and checkpoint; the rest (a quarter, at most 2 s) is
+// left for releasing leases and closing the listener.
+func SoftDrainBudget(total time.Duration) time.Duration {
+	return total - min(total/4, 2*time.Second)
+}
+
 // Drain stops taking work, lets running batches finish the chunk in flight
-// and checkpoint (soft stop), cancels whatever is still running after
-// softBudget (hard stop), and returns once every run has released its lease.
-func (r *Runner) Drain(softBudget time.Duration) {
+// and checkpoint (soft stop, SoftDrainBudget(total)), cancels whatever is
+// still running after that (hard stop), and returns once every run has
+// released its lease.
+func (r *Runner) Drain(total time.Duration) {
 	r.mu.Lock()
 	if !r.draining {
 		r.draining = true
@@ -224,7 +226,7 @@ func (r *Runner) Drain(softBudget time.Duration) {
 	r.mu.Unlock()
 	done := make(chan struct{})
 	go func() { r.wg.Wait(); close(done) }()
-	t := time.NewTimer(softBudget)
+	t := time.NewTimer(SoftDrainBudget(total))
 	defer t.Stop()
 	select {
 	case <-done:

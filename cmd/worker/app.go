@@ -12,18 +12,19 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"google.golang.org/api/idtoken"
 
 	"cloud.google.com/go/bigquery"
 	"cloud.google.com/go/pubsub/v2"
 
 	"github.com/predworker/predworker/api"
+	"github.com/predworker/predworker/api/googleid"
 	"github.com/predworker/predworker/events"
 	eventsfirestore "github.com/predworker/predworker/events/firestore"
 	pspub "github.com/predworker/predworker/events/pubsub"
@@ -39,18 +40,10 @@ import (
 	"github.com/predworker/predworker/worker"
 )
 
-func parseLevel(s string) (slog.Level, error) {
-	l, err := logging.ParseLevel(s)
-	if err != nil {
-		return l, fmt.Errorf("LOG_LEVEL: %w", err)
-	}
-	return l, nil
-}
-
 func newLogger(cfg *Config, w io.Writer, quiet bool) (*slog.Logger, error) {
-	level, err := parseLevel(cfg.LogLevel)
+	level, err := logging.ParseLevel(cfg.LogLevel)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("LOG_LEVEL: %w", err)
 	}
 	format := cfg.LogFormat
 	if quiet { // a person at a terminal: warnings and errors, readable
@@ -59,23 +52,88 @@ func newLogger(cfg *Config, w io.Writer, quiet bool) (*slog.Logger, error) {
 	return logging.New(w, level, format)
 }
 
-// app is the wired program: backends, engine, metrics.
+// app is the wired program: backends, engine, runner, metrics.
 type app struct {
 	store state.Store
-	sink  systems.Sink
 	// reader reads predictions back (the embedded sink); nil for BigQuery.
-	reader    systems.PredictionReader
-	closeSink func() error
-	dead      deadLetterStore
-	// deadLetters is dead (plus publication to the dead-letter topic with
-	// EVENTS=pubsub); publisher delivers completion events.
+	reader systems.PredictionReader
+	// deadLetters stores dead letters (and, with EVENTS=pubsub, publishes
+	// them to the dead-letter topic); publisher delivers completion events.
 	deadLetters events.DeadLetters
-	publisher   worker.Publisher
+	publisher   events.Publisher
 	continuer   api.Continuer
-	closeEvents func() error
 	engine      *worker.Engine
+	runner      *worker.Runner
 	registry    *prometheus.Registry
-	log         *slog.Logger
+	closers     []func() error // run in reverse order by Close
+}
+
+func (a *app) onClose(f func() error) { a.closers = append(a.closers, f) }
+
+// Close closes what newApp opened, the last opened first.
+func (a *app) Close() error {
+	var errs []error
+	for _, f := range slices.Backward(a.closers) {
+		errs = append(errs, f())
+	}
+	return errors.Join(errs...)
+}
+
+// newApp wires the program. The systems (and the tree model's file) come
+// first: a configuration that cannot run fails before any backend is opened.
+func newApp(ctx context.Context, cfg *Config, log *slog.Logger) (_ *app, err error) {
+	registry, err := newRegistry(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+		return nil, fmt.Errorf("DATA_DIR %s: %w", cfg.DataDir, err)
+	}
+	a := &app{registry: prometheus.NewRegistry(), publisher: events.LogPublisher{Log: log}}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, a.Close())
+		}
+	}()
+	if a.store, err = newStore(ctx, cfg); err != nil {
+		return nil, err
+	}
+	a.onClose(a.store.Close)
+	sink, err := a.openSink(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	dead, err := newDeadLetters(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	a.onClose(dead.Close)
+	a.deadLetters = dead
+	features, err := a.openFeatureSource(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	a.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	a.engine, err = worker.New(cfg.engineConfig(), worker.Deps{
+		Store: a.store, Features: features, Sink: sink, Registry: registry,
+		Logger: log, Metrics: worker.NewMetrics(a.registry, a.store),
+	})
+	if err != nil {
+		return nil, err
+	}
+	a.runner = worker.NewRunner(a.engine)
+	if err := a.openPubSub(ctx, cfg, dead); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+func newStore(ctx context.Context, cfg *Config) (state.Store, error) {
+	if cfg.StateStore == "firestore" {
+		return statefirestore.New(ctx, statefirestore.Options{Project: cfg.Project,
+			Database: cfg.FirestoreDatabase, Prefix: cfg.FirestorePrefix})
+	}
+	return statesqlite.New(ctx, filepath.Join(cfg.DataDir, "state.db"), nil)
 }
 
 type deadLetterStore interface {
@@ -92,128 +150,69 @@ func newDeadLetters(ctx context.Context, cfg *Config) (deadLetterStore, error) {
 	return eventssqlite.New(ctx, filepath.Join(cfg.DataDir, "events.db"))
 }
 
-// newSink returns the configured prediction sink, its reader (nil when the
-// sink cannot be read back) and its closer.
-func newSink(ctx context.Context, cfg *Config) (systems.Sink, systems.PredictionReader, func() error, error) {
+// openSink opens the configured prediction sink (and its reader, when the
+// sink can be read back).
+func (a *app) openSink(ctx context.Context, cfg *Config) (systems.Sink, error) {
 	if cfg.PredictionSink != "bigquery" {
 		s, err := sinksqlite.New(ctx, filepath.Join(cfg.DataDir, "predictions.db"))
 		if err != nil {
-			return nil, nil, nil, err
+			return nil, err
 		}
-		return s, s, s.Close, nil
+		a.onClose(s.Close)
+		a.reader = s
+		return s, nil
 	}
 	client, err := bigquery.NewClient(ctx, cfg.Project)
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("bigquery client: %w", err)
+		return nil, fmt.Errorf("bigquery client: %w", err)
 	}
-	s, err := bqsource.NewSink(client, bqsource.SinkOptions{Project: cfg.PredictionsProject, Dataset: cfg.PredictionsDataset,
+	a.onClose(client.Close)
+	return bqsource.NewSink(client, bqsource.SinkOptions{Project: cfg.PredictionsProject, Dataset: cfg.PredictionsDataset,
 		Staging: cfg.StagingTable, Final: cfg.PredictionsTable, CallTimeout: cfg.BigQueryTimeout})
-	if err != nil {
-		return nil, nil, nil, errors.Join(err, client.Close())
-	}
-	return s, nil, client.Close, nil
 }
 
-// newFeatureSource returns the configured feature source and its closer.
-func newFeatureSource(ctx context.Context, cfg *Config) (systems.FeatureSource, func() error, error) {
+// openFeatureSource opens the configured feature source.
+func (a *app) openFeatureSource(ctx context.Context, cfg *Config) (systems.FeatureSource, error) {
 	if cfg.FeatureSource != "bigquery" {
-		return league.Lazy{}, func() error { return nil }, nil
+		return league.Lazy{}, nil
 	}
 	client, err := bigquery.NewClient(ctx, cfg.Project) // one shared client per process
 	if err != nil {
-		return nil, nil, fmt.Errorf("bigquery client: %w", err)
+		return nil, fmt.Errorf("bigquery client: %w", err)
 	}
-	src, err := bqsource.New(client, bqsource.Options{TableProject: cfg.FeaturesProject, Dataset: cfg.FeaturesDataset,
+	a.onClose(client.Close)
+	return bqsource.New(client, bqsource.Options{TableProject: cfg.FeaturesProject, Dataset: cfg.FeaturesDataset,
 		Table: cfg.FeaturesTable, CallTimeout: cfg.BigQueryTimeout})
-	if err != nil {
-		return nil, nil, errors.Join(err, client.Close())
+}
+
+// openPubSub connects the completion and dead-letter topics (EVENTS=pubsub)
+// and the continuation topic, when configured.
+func (a *app) openPubSub(ctx context.Context, cfg *Config, dead events.DeadLetters) error {
+	if cfg.Events != "pubsub" && cfg.ContinuationTopic == "" {
+		return nil
 	}
-	return src, client.Close, nil
+	client, err := pubsub.NewClient(ctx, cfg.Project)
+	if err != nil {
+		return fmt.Errorf("pubsub client: %w", err)
+	}
+	a.onClose(client.Close)
+	if cfg.Events == "pubsub" {
+		pub := pspub.New(client, cfg.CompletionTopic, cfg.DeadLetterTopic)
+		a.onClose(func() error { pub.Stop(); return nil })
+		a.publisher = pub
+		a.deadLetters = pspub.DeadLetters{DeadLetters: dead, Pub: pub}
+	}
+	if cfg.ContinuationTopic != "" {
+		c := pspub.NewContinuer(client, cfg.ContinuationTopic)
+		a.onClose(func() error { c.Stop(); return nil })
+		a.continuer = c
+	}
+	return nil
 }
 
 func shortHash(b []byte) string {
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:4])
-}
-
-func newApp(ctx context.Context, cfg *Config, log *slog.Logger) (*app, error) {
-	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
-		return nil, fmt.Errorf("DATA_DIR %s: %w", cfg.DataDir, err)
-	}
-	store, err := newStore(ctx, cfg)
-	if err != nil {
-		return nil, err
-	}
-	sink, reader, closeSink, err := newSink(ctx, cfg)
-	if err != nil {
-		return nil, errors.Join(err, store.Close())
-	}
-	dead, err := newDeadLetters(ctx, cfg)
-	if err != nil {
-		return nil, errors.Join(err, closeSink(), store.Close())
-	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	registry, err := newRegistry(cfg)
-	if err != nil {
-		return nil, errors.Join(err, dead.Close(), closeSink(), store.Close())
-	}
-	features, closeFeatures, err := newFeatureSource(ctx, cfg)
-	if err != nil {
-		return nil, errors.Join(err, dead.Close(), closeSink(), store.Close())
-	}
-	engine, err := worker.New(cfg.engineConfig(), worker.Deps{
-		Store: store, Features: features, Sink: sink, Registry: registry,
-		Logger: log, Metrics: worker.NewMetrics(reg, store),
-	})
-	if err != nil {
-		return nil, errors.Join(err, dead.Close(), closeSink(), store.Close())
-	}
-	a := &app{store: store, sink: sink, reader: reader, closeSink: closeSink, dead: dead, engine: engine, registry: reg, log: log,
-		deadLetters: dead, publisher: worker.LogPublisher{Log: log}, closeEvents: closeFeatures}
-	if cfg.Events == "pubsub" || cfg.ContinuationTopic != "" {
-		client, err := pubsub.NewClient(ctx, cfg.Project)
-		if err != nil {
-			return nil, errors.Join(fmt.Errorf("pubsub client: %w", err), a.Close())
-		}
-		var stops []func()
-		if cfg.Events == "pubsub" {
-			pub := pspub.New(client, cfg.CompletionTopic, cfg.DeadLetterTopic)
-			a.publisher = pub
-			a.deadLetters = pspub.DeadLetters{DeadLetters: dead, Pub: pub}
-			stops = append(stops, pub.Stop)
-		}
-		if cfg.ContinuationTopic != "" {
-			c := pspub.NewContinuer(client, cfg.ContinuationTopic)
-			a.continuer = c
-			stops = append(stops, c.Stop)
-		}
-		a.closeEvents = func() error {
-			for _, stop := range stops {
-				stop()
-			}
-			return errors.Join(client.Close(), closeFeatures())
-		}
-	}
-	return a, nil
-}
-
-func newStore(ctx context.Context, cfg *Config) (state.Store, error) {
-	switch cfg.StateStore {
-	case "firestore":
-		return statefirestore.New(ctx, statefirestore.Options{Project: cfg.Project,
-			Database: cfg.FirestoreDatabase, Prefix: cfg.FirestorePrefix})
-	default:
-		return statesqlite.New(ctx, filepath.Join(cfg.DataDir, "state.db"), nil)
-	}
-}
-
-func (a *app) Close() error {
-	var closeEvents error
-	if a.closeEvents != nil {
-		closeEvents = a.closeEvents()
-	}
-	return errors.Join(closeEvents, a.dead.Close(), a.closeSink(), a.store.Close())
 }
 
 // newAuth builds the authentication policies from the configuration.
@@ -226,11 +225,11 @@ func newAuth(ctx context.Context, cfg *Config) (api.Auth, error) {
 		a.Operator = &api.OIDCPolicy{Audience: cfg.OperatorAudience, Emails: cfg.OperatorEmails}
 	}
 	if a.Push != nil || a.Operator != nil {
-		v, err := idtoken.NewValidator(ctx)
+		v, err := googleid.New(ctx)
 		if err != nil {
-			return a, fmt.Errorf("ID token validator: %w", err)
+			return a, err
 		}
-		a.Validator = v
+		a.Verifier = v
 	}
 	return a, nil
 }
@@ -243,16 +242,15 @@ func serve(ctx context.Context, stopSignals func(), cfg *Config, log *slog.Logge
 	}
 	defer func() {
 		if err := a.Close(); err != nil {
-			log.Error("close backends", logging.Err(err))
+			log.Error("close backends", worker.ErrorAttrs(err))
 		}
 	}()
-	runner := worker.NewRunner(a.engine)
 	auth, err := newAuth(ctx, cfg)
 	if err != nil {
 		return err
 	}
 	srv := &http.Server{
-		Handler: api.New(api.Options{Engine: a.engine, Runner: runner, Store: a.store, Predictions: a.reader,
+		Handler: api.New(api.Options{Runner: a.runner, Store: a.store, Predictions: a.reader,
 			Metrics: promhttp.HandlerFor(a.registry, promhttp.HandlerOpts{}), Logger: log, Project: cfg.Project,
 			DeadLetters: a.deadLetters, PushBudget: cfg.PushBudget, MaxAttempts: cfg.MaxAttempts, Auth: auth, Continuer: a.continuer}).Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -268,39 +266,36 @@ func serve(ctx context.Context, stopSignals func(), cfg *Config, log *slog.Logge
 
 	sweepCtx, stopSweep := context.WithCancel(context.Background())
 	sweepDone := make(chan struct{})
-	go func() { defer close(sweepDone); runner.SweepLoop(sweepCtx) }()
+	go func() { defer close(sweepDone); a.runner.SweepLoop(sweepCtx) }()
 	outboxCtx, stopOutbox := context.WithCancel(context.Background())
 	outboxDone := make(chan struct{})
-	go func() { defer close(outboxDone); runner.OutboxLoop(outboxCtx, a.publisher, time.Second) }()
+	go func() { defer close(outboxDone); a.runner.OutboxLoop(outboxCtx, a.publisher, time.Second) }()
 	defer func() { stopOutbox(); <-outboxDone }()
 
 	select {
 	case err := <-serveErr:
 		stopSweep()
 		<-sweepDone
-		runner.Drain(cfg.DrainTimeout / 2)
+		a.runner.Drain(cfg.DrainTimeout)
 		return fmt.Errorf("http server: %w", err)
 	case <-ctx.Done():
 	}
 	stopSignals()
 	start := time.Now()
-	log.Info("drain started", logging.Event(logging.EventDrainStarted), slog.Any("batch_ids", runner.Active()),
-		slog.Duration("budget", cfg.DrainTimeout))
-	// Budget: the runs get most of it for their chunk in flight; releasing
-	// leases and closing the listener need the rest.
-	soft := cfg.DrainTimeout - min(cfg.DrainTimeout/4, 2*time.Second)
+	log.Info("drain started", logging.Event(logging.EventDrainStarted), slog.Any("batch_ids", a.runner.Active()),
+		slog.String("budget", cfg.DrainTimeout.String()))
 	shutdownDone := make(chan error, 1)
 	go func() {
 		sctx, cancel := context.WithTimeout(context.Background(), cfg.DrainTimeout)
 		defer cancel()
 		shutdownDone <- srv.Shutdown(sctx)
 	}()
-	runner.Drain(soft)
+	a.runner.Drain(cfg.DrainTimeout)
 	stopSweep()
 	<-sweepDone
 	if err := <-shutdownDone; err != nil {
-		log.Warn("http shutdown", slog.String("error", err.Error()))
+		log.Warn("http shutdown", worker.WarnAttrs(err))
 	}
-	log.Info("drain completed", logging.Event(logging.EventDrainCompleted), slog.Duration("took", time.Since(start)))
+	log.Info("drain completed", logging.Event(logging.EventDrainCompleted), slog.Int64("took_ms", time.Since(start).Milliseconds()))
 	return nil
 }

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,6 +12,7 @@ import (
 	"github.com/sethvargo/go-envconfig"
 
 	"github.com/predworker/predworker/systems"
+	"github.com/predworker/predworker/worker"
 )
 
 func TestConfigDefaults(t *testing.T) {
@@ -161,5 +164,53 @@ func TestSystemPolicy(t *testing.T) {
 	est, err := ma.Predict(t.Context(), &systems.Features{PointsAvgL5: 10, PointsAvgL10: 10, PointsAvgSeason: 10, GamesPlayed: 20, HasLine: true, Line: 9})
 	if err != nil || est.Recommendation != systems.Over {
 		t.Fatalf("thresholds 0:0 gave %+v, %v", est, err)
+	}
+}
+
+// Every setting that names a system is checked when the configuration is
+// loaded, before any backend is opened: LoadConfig itself refuses them.
+func TestConfigRefusesUnknownSystemsBeforeOpeningAnything(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		env  map[string]string
+		want string
+	}{
+		{map[string]string{"SYSTEM_TIMEOUTS": "oracle_v9=1s"}, `SYSTEM_TIMEOUTS names unknown system "oracle_v9"`},
+		{map[string]string{"SYSTEM_BREAKERS": "oracle_v9=3:30s"}, `SYSTEM_BREAKERS names unknown system "oracle_v9"`},
+		{map[string]string{"FAULTS": "system=oracle_v9,kind=error,rate=1"}, `FAULTS names unknown system "oracle_v9"`},
+		{map[string]string{"SYSTEMS": "moving_average", "SYSTEM_TIMEOUTS": "xgboost_v1=1s"}, `SYSTEM_TIMEOUTS names unknown system "xgboost_v1"`},
+		{map[string]string{"SYSTEM_THRESHOLDS": "oracle_v9=1:50"}, `SYSTEM_THRESHOLDS names unknown system "oracle_v9"`},
+		{map[string]string{"SYSTEM_FALLBACKS": "oracle_v9=moving_average"}, `SYSTEM_FALLBACKS names unknown system "oracle_v9"`},
+	} {
+		_, err := LoadConfig(t.Context(), envconfig.MapLookuper(tc.env))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: LoadConfig = %v, want an error with %s", tc.env, err, tc.want)
+		}
+	}
+}
+
+// The startup line shows the resolved configuration in human units: the
+// concurrency actually used, durations as "30s", not nanoseconds.
+func TestConfigLogsResolvedValuesInHumanUnits(t *testing.T) {
+	t.Parallel()
+	c, err := LoadConfig(t.Context(), envconfig.MapLookuper(map[string]string{"SYSTEM_TIMEOUTS": "zone_matchup_v1=500ms"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf strings.Builder
+	log, err := newLogger(c, &buf, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log.Info("starting", slog.Any("config", c))
+	line := buf.String()
+	for _, want := range []string{`"lease_ttl":"30s"`, `"heartbeat_interval":"10s"`, `"push_budget":"9m0s"`,
+		`"system_timeouts":"zone_matchup_v1=500ms"`, fmt.Sprintf(`"concurrency":%d`, worker.DefaultConcurrency())} {
+		if !strings.Contains(line, want) {
+			t.Errorf("config line lacks %s: %s", want, line)
+		}
+	}
+	if strings.Contains(line, `"concurrency":0`) || strings.Contains(line, "30000000000") {
+		t.Errorf("config line shows unresolved values or nanoseconds: %s", line)
 	}
 }

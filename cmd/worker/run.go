@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -34,10 +33,13 @@ func isTerminal(w io.Writer) bool {
 	return ok && term.IsTerminal(int(f.Fd()))
 }
 
-// runCommand runs one batch in the foreground. Rerunning the same command
-// after a kill resumes the same batch: the default batch id is derived from
-// the request.
-func runCommand(ctx context.Context, stopSignals func(), cfg *Config, args []string, stdout, stderr io.Writer) error {
+// runFlags are the flags of `worker run`.
+type runFlags struct {
+	batchID string
+	req     state.Request
+}
+
+func parseRunFlags(cfg *Config, args []string, stderr io.Writer) (runFlags, error) {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	date := fs.String("date", "", "game date, YYYY-MM-DD (required)")
@@ -46,13 +48,45 @@ func runCommand(ctx context.Context, stopSignals func(), cfg *Config, args []str
 	batchID := fs.String("batch-id", "", "batch id (default: derived from the request, so a rerun resumes)")
 	chunk := fs.Int("chunk-size", cfg.ChunkSize, "items per chunk")
 	if err := fs.Parse(args); err != nil {
-		return usageError{err.Error()}
+		return runFlags{}, usageError{err.Error()}
 	}
 	if fs.NArg() > 0 {
-		return usageError{fmt.Sprintf("run: unexpected argument %q", fs.Arg(0))}
+		return runFlags{}, usageError{fmt.Sprintf("run: unexpected argument %q", fs.Arg(0))}
 	}
 	if *date == "" {
-		return usageError{"run: --date is required, e.g. --date 2025-01-15"}
+		return runFlags{}, usageError{"run: --date is required, e.g. --date 2025-01-15"}
+	}
+	return runFlags{batchID: *batchID, req: state.Request{GameDate: *date, Players: splitList(*players),
+		Systems: splitList(*sys), ChunkSize: *chunk}}, nil
+}
+
+// drainOnSignal drains r when ctx ends (SIGINT/SIGTERM): the run in flight
+// stops after its chunk, or is abandoned at the end of budget; either way
+// its lease is released. It returns the context runs use (not cancelled by
+// the signal: the drain decides) and a stop function that waits for the
+// drain.
+func drainOnSignal(ctx context.Context, stopSignals func(), r *worker.Runner, budget time.Duration) (context.Context, func()) {
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	drained := make(chan struct{})
+	go func() {
+		defer close(drained)
+		select {
+		case <-ctx.Done():
+			stopSignals()
+			r.Drain(budget)
+		case <-runCtx.Done():
+		}
+	}()
+	return runCtx, func() { cancel(); <-drained }
+}
+
+// runCommand runs one batch in the foreground. Rerunning the same command
+// after a kill resumes the same batch: the default batch id is derived from
+// the request.
+func runCommand(ctx context.Context, stopSignals func(), cfg *Config, args []string, stdout, stderr io.Writer) error {
+	flags, err := parseRunFlags(cfg, args, stderr)
+	if err != nil {
+		return err
 	}
 	tty := isTerminal(stderr)
 	log, err := newLogger(cfg, stderr, tty && os.Getenv("LOG_LEVEL") == "")
@@ -64,74 +98,85 @@ func runCommand(ctx context.Context, stopSignals func(), cfg *Config, args []str
 		return err
 	}
 	defer func() { _ = a.Close() }()
+	runCtx, stop := drainOnSignal(ctx, stopSignals, a.runner, cfg.DrainTimeout)
+	defer stop()
 
-	b, _, err := a.engine.Submit(ctx, *batchID, state.Request{GameDate: *date, Players: splitList(*players),
-		Systems: splitList(*sys), ChunkSize: *chunk})
-	var ie *worker.InputError
-	if errors.As(err, &ie) {
-		return usageError{fmt.Sprintf("run: %s", ie.Error())}
-	}
-	if err != nil {
+	v := &runView{stdout: stdout, stderr: stderr, tty: tty, publish: func() error {
+		_, err := a.engine.DispatchOutbox(ctx, a.publisher)
 		return err
-	}
-	fmt.Fprintf(stderr, "batch %s: %s, %d players × %d systems in %d chunks of %d\n", b.ID, b.Request.GameDate,
-		len(b.Items), len(b.Request.Systems), b.TotalChunks(), b.Request.ChunkSize)
-	if b.Status.Finished() {
-		fmt.Fprintf(stderr, "already %s\n", b.Status)
-		return summary(stdout, b, 0)
-	}
-	if b.DoneChunks > 0 {
-		fmt.Fprintf(stderr, "resuming from chunk %d of %d\n", b.DoneChunks, b.TotalChunks())
-	}
-
-	// SIGINT/SIGTERM: stop after the chunk in flight (soft), abandon it
-	// after the drain budget (hard). Either way the lease is released.
-	stop := make(chan struct{})
-	hard, cancelHard := context.WithCancel(context.WithoutCancel(ctx))
-	defer cancelHard()
-	go func() {
-		select {
-		case <-ctx.Done():
-			stopSignals()
-			close(stop)
-			t := time.NewTimer(cfg.DrainTimeout - min(cfg.DrainTimeout/4, 2*time.Second))
-			defer t.Stop()
-			select {
-			case <-t.C:
-				cancelHard()
-			case <-hard.Done():
-			}
-		case <-hard.Done():
-		}
-	}()
-
-	progress := newProgress(stderr, tty, b)
-	start := time.Now()
+	}}
+	job := worker.Job{BatchID: flags.batchID, Request: &flags.req, Here: true, OnClaimed: v.claimed, OnProgress: v.progress}
 	for {
-		var done state.Batch
-		done, err = a.engine.Run(hard, b.ID, worker.RunOptions{Stop: stop, OnProgress: progress.update})
-		if errors.Is(err, state.ErrLeaseHeld) {
-			if !waitForLease(ctx, stderr, done) {
-				return fmt.Errorf("interrupted while waiting for the lease of %s", b.ID)
+		out, err := a.runner.Do(runCtx, job)
+		if worker.Classify(err) == worker.ClassValidation {
+			return usageError{fmt.Sprintf("run: %s", err.Error())}
+		}
+		if err != nil {
+			return err
+		}
+		if out.Kind == worker.Held || out.Kind == worker.Running {
+			v.describe(out.Batch)
+			if !waitForLease(ctx, stderr, out.Batch) {
+				return fmt.Errorf("interrupted while waiting for the lease of %s", out.Batch.ID)
 			}
 			continue
 		}
-		progress.finish()
-		if err == nil {
-			if _, perr := a.engine.DispatchOutbox(ctx, a.publisher); perr != nil {
-				fmt.Fprintf(stderr, "completion event not published yet (the service's outbox will): %v\n", perr)
-			}
-		}
-		switch {
-		case errors.Is(err, state.ErrFinished):
-			return summary(stdout, done, time.Since(start))
-		case errors.Is(err, worker.ErrInterrupted):
-			return fmt.Errorf("stopped at chunk %d of %d; run the same command again to resume", done.DoneChunks, done.TotalChunks())
-		case err != nil:
-			return err
-		}
-		return summary(stdout, done, time.Since(start))
+		return v.end(out)
 	}
+}
+
+// runView is what `worker run` shows: the batch, where it resumes from,
+// progress, and a summary.
+type runView struct {
+	stdout, stderr io.Writer
+	tty            bool
+	publish        func() error // the completion event, once the batch completed here
+	described      bool
+	prog           *progress // while a run here is in progress
+	ran            bool
+	start          time.Time
+}
+
+func (v *runView) describe(b state.Batch) {
+	if !v.described {
+		v.described = true
+		fmt.Fprintf(v.stderr, "batch %s: %s, %d players × %d systems in %d chunks of %d\n", b.ID, b.Request.GameDate,
+			len(b.Items), len(b.Request.Systems), b.TotalChunks(), b.Request.ChunkSize)
+	}
+}
+
+func (v *runView) claimed(b state.Batch) {
+	v.describe(b)
+	if b.DoneChunks > 0 {
+		fmt.Fprintf(v.stderr, "resuming from chunk %d of %d\n", b.DoneChunks, b.TotalChunks())
+	}
+	v.prog, v.ran, v.start = newProgress(v.stderr, v.tty, b), true, time.Now()
+}
+
+func (v *runView) progress(b state.Batch) { v.prog.update(b) }
+
+// end reports how the run ended: nil only for a completed batch or one that
+// had finished before.
+func (v *runView) end(out worker.Outcome) error {
+	b := out.Batch
+	v.describe(b)
+	if v.prog != nil {
+		v.prog.finish()
+	}
+	switch {
+	case (out.Kind == worker.Completed || out.Kind == worker.Failed) && !v.ran:
+		fmt.Fprintf(v.stderr, "already %s\n", b.Status)
+		return summary(v.stdout, b, 0)
+	case out.Kind == worker.Completed:
+		if err := v.publish(); err != nil {
+			fmt.Fprintf(v.stderr, "completion event not published yet (the service's outbox will): %v\n", err)
+		}
+		return summary(v.stdout, b, time.Since(v.start))
+	case out.Kind == worker.Failed:
+		return &worker.BatchFailedError{Err: out.Err}
+	}
+	// interrupted or draining: progress is kept and the lease released
+	return fmt.Errorf("stopped at chunk %d of %d; run the same command again to resume", b.DoneChunks, b.TotalChunks())
 }
 
 // waitForLease tells the user whose lease it waits for, and sleeps until it

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -61,18 +60,16 @@ func scoreCommand(ctx context.Context, cfg *Config, args []string, stdout, stder
 	}
 	days := 0
 	for d := start; !d.After(end); d = d.AddDate(0, 0, 1) {
-		b, _, err := a.engine.Submit(ctx, "", state.Request{GameDate: d.Format(time.DateOnly)})
-		var ie *worker.InputError
-		if errors.As(err, &ie) {
+		out, err := a.runner.Do(ctx, worker.Job{Request: &state.Request{GameDate: d.Format(time.DateOnly)}, Here: true})
+		if worker.Classify(err) == worker.ClassValidation {
 			continue // no games that day
 		}
 		if err != nil {
 			return err
 		}
-		if b.Status != state.StatusCompleted {
-			if b, err = a.engine.Run(ctx, b.ID, worker.RunOptions{}); err != nil {
-				return fmt.Errorf("run %s: %w", b.ID, err)
-			}
+		b := out.Batch
+		if out.Kind != worker.Completed {
+			return fmt.Errorf("run %s: %s: %w", b.ID, out.Kind, out.Err)
 		}
 		if err := add(b.ID); err != nil {
 			return err

@@ -4,9 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"os"
-	"slices"
-	"strconv"
-	"strings"
 
 	"github.com/predworker/predworker/systems"
 	"github.com/predworker/predworker/systems/ensemble"
@@ -19,44 +16,24 @@ import (
 // allSystems are the systems this build knows, in registration order.
 var allSystems = []string{movingavg.ID, zonematchup.ID, similarity.ID, treemodel.ID, ensemble.ID}
 
-// pairs parses "id=value,id=value", refusing unknown ids.
-func pairs(name, spec string) (map[string]string, error) {
-	out := map[string]string{}
-	for _, kv := range strings.Split(spec, ",") {
-		if kv = strings.TrimSpace(kv); kv == "" {
-			continue
+// defaultFallbacks: every system falls back to the moving-average baseline,
+// which needs the least data and cannot time out.
+func defaultFallbacks() systems.Fallbacks {
+	f := systems.Fallbacks{}
+	for _, id := range allSystems {
+		if id != movingavg.ID {
+			f[id] = movingavg.ID
 		}
-		id, v, ok := strings.Cut(kv, "=")
-		if !ok {
-			return nil, fmt.Errorf("%s: %q is not id=value", name, kv)
-		}
-		if !slices.Contains(allSystems, id) {
-			return nil, fmt.Errorf("%s names unknown system %q (known: %s)", name, id, strings.Join(allSystems, ", "))
-		}
-		out[id] = v
 	}
-	return out, nil
+	return f
 }
 
 // newRegistry builds the enabled systems with their policy: fallbacks,
-// thresholds, the tree model's file. Invalid policy is a startup error that
-// names the variable.
+// thresholds, the tree model's file. The ids were validated with the
+// configuration; what can still fail here is loading the model, and a
+// fallback naming a system that is not enabled.
 func newRegistry(cfg *Config) (*systems.Registry, error) {
-	enabled := allSystems
-	if len(cfg.Systems) > 0 {
-		enabled = nil
-		for _, id := range cfg.Systems {
-			if !slices.Contains(allSystems, id) {
-				return nil, fmt.Errorf("SYSTEMS names unknown system %q (known: %s)", id, strings.Join(allSystems, ", "))
-			}
-			enabled = append(enabled, id)
-		}
-	}
-	fallbacks, err := pairs("SYSTEM_FALLBACKS", cfg.SystemFallbacks)
-	if err != nil {
-		return nil, err
-	}
-	thresholds, err := pairs("SYSTEM_THRESHOLDS", cfg.SystemThresholds)
+	enabled, err := cfg.enabledSystems()
 	if err != nil {
 		return nil, err
 	}
@@ -83,16 +60,10 @@ func newRegistry(cfg *Config) (*systems.Registry, error) {
 			}
 			s = ensemble.New(inputs...)
 		}
-		if th, ok := thresholds[id]; ok {
-			edge, conf, ok := strings.Cut(th, ":")
-			e, err1 := strconv.ParseFloat(edge, 64)
-			c, err2 := strconv.ParseFloat(conf, 64)
-			if !ok || err1 != nil || err2 != nil || e < 0 || c < 0 || c > 100 {
-				return nil, fmt.Errorf("SYSTEM_THRESHOLDS: %s=%q must be edge:confidence, e.g. 2.0:55", id, th)
-			}
-			s = systems.WithThresholds(s, e, c)
+		if th, ok := cfg.SystemThresholds[id]; ok {
+			s = systems.WithThresholds(s, th.Edge, th.Confidence)
 		}
-		r.Register(s, fallbacks[id]) // fallbacks of systems not enabled are ignored
+		r.Register(s, cfg.SystemFallbacks[id]) // fallbacks of systems not enabled are ignored
 	}
 	if err := r.Validate(); err != nil {
 		return nil, fmt.Errorf("SYSTEM_FALLBACKS: %w", err)

@@ -36,10 +36,10 @@ func (System) ID() string { return ID }
 func (System) Version() string { return "similarity_balanced-1.0" }
 
 func closeness(a, b int, same, near float64) float64 {
-	switch d := a - b; {
-	case d == 0:
+	switch a - b {
+	case 0:
 		return same
-	case d == 1 || d == -1:
+	case 1, -1:
 		return near
 	}
 	return 0

@@ -1,0 +1,120 @@
+package worker
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/predworker/predworker/state"
+)
+
+// Runner.Do is the one lifecycle: every entry point's situation maps to one
+// outcome (or one classified error).
+func TestLifecycleOutcomes(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil, nil)
+	e := b.engine(t, Config{Owner: "here", LeaseTTL: time.Minute, HeartbeatInterval: time.Second})
+	r := NewRunner(e)
+	t.Cleanup(func() { r.Drain(5 * time.Second) })
+	ctx := t.Context()
+	req := func(n int) *state.Request {
+		return &state.Request{GameDate: "2025-01-15", Players: players(t, n), ChunkSize: 2}
+	}
+	status := func(id string) state.Status {
+		got, err := b.store.Get(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got.Status
+	}
+
+	// Run here: created, run to the end.
+	out, err := r.Do(ctx, Job{BatchID: "here", Request: req(4), Here: true})
+	if err != nil || out.Kind != Completed || !out.Created || out.Batch.Status != state.StatusCompleted {
+		t.Fatalf("run here: %+v, %v", out, err)
+	}
+	// The same request again: completed earlier, nothing claimed.
+	out, err = r.Do(ctx, Job{BatchID: "here", Request: req(4)})
+	if err != nil || out.Kind != Completed || out.Created || out.Batch.Lease.Epoch != 1 {
+		t.Fatalf("again: %+v, %v", out, err)
+	}
+	// The same id, another request: a conflict, classified.
+	if _, err := r.Do(ctx, Job{BatchID: "here", Request: req(2)}); Classify(err) != ClassConflict {
+		t.Fatalf("conflict: %v (%s)", err, Classify(err))
+	}
+	// A resume of a batch nobody created: not found.
+	if _, err := r.Do(ctx, Job{BatchID: "nobody"}); Classify(err) != ClassNotFound {
+		t.Fatalf("not found: %v (%s)", err, Classify(err))
+	}
+	// Background: started, then completed.
+	out, err = r.Do(ctx, Job{BatchID: "bg", Request: req(4)})
+	if err != nil || out.Kind != Started || !out.Created {
+		t.Fatalf("background: %+v, %v", out, err)
+	}
+	waitFor(t, func() bool { return status("bg") == state.StatusCompleted })
+
+	// Held by another owner: held until its lease expires; forced: started.
+	if _, _, err := e.Submit(ctx, "held", *req(2)); err != nil {
+		t.Fatal(err)
+	}
+	theirs, err := b.store.Claim(ctx, "held", "elsewhere", time.Hour, state.ClaimOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err = r.Do(ctx, Job{BatchID: "held", Here: true})
+	if err != nil || out.Kind != Held || !out.HeldUntil.Equal(theirs.Lease.ExpiresAt) {
+		t.Fatalf("held: %+v, %v", out, err)
+	}
+	out, err = r.Do(ctx, Job{BatchID: "held", Force: true, Here: true})
+	if err != nil || out.Kind != Completed || out.Batch.Lease.Epoch != theirs.Lease.Epoch+1 {
+		t.Fatalf("forced: %+v, %v", out, err)
+	}
+
+	// Failed earlier: Failed with the stored error, unless reopened.
+	if _, _, err := e.Submit(ctx, "failed", *req(2)); err != nil {
+		t.Fatal(err)
+	}
+	mine, err := b.store.Claim(ctx, "failed", "x", time.Hour, state.ClaimOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.store.Finish(ctx, "failed", mine.Lease, state.StatusFailed, "feature table missing"); err != nil {
+		t.Fatal(err)
+	}
+	out, err = r.Do(ctx, Job{BatchID: "failed", Here: true})
+	if err != nil || out.Kind != Failed || out.Err == nil || status("failed") != state.StatusFailed {
+		t.Fatalf("failed earlier: %+v, %v", out, err)
+	}
+	out, err = r.Do(ctx, Job{BatchID: "failed", Reopen: true, Here: true})
+	if err != nil || out.Kind != Completed {
+		t.Fatalf("reopened: %+v, %v", out, err)
+	}
+
+	// Budget spent: interrupted, progress kept, lease released.
+	slow := setup(t, nil, nil)
+	rules, err := ParseFaults("system=*,kind=latency,latency=40ms,rate=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	se := slow.engine(t, Config{Faults: rules})
+	sr := NewRunner(se)
+	out, err = sr.Do(ctx, Job{BatchID: "budget", Request: &state.Request{GameDate: "2025-01-15", Players: players(t, 8), ChunkSize: 1},
+		Here: true, Budget: 150 * time.Millisecond})
+	if err != nil || out.Kind != Interrupted || !out.BudgetSpent || !errors.Is(out.Err, ErrInterrupted) {
+		t.Fatalf("budget: %+v, %v", out, err)
+	}
+	got, err := slow.store.Get(ctx, "budget")
+	if err != nil || got.Lease.Owner != "" || got.DoneChunks == 0 || got.DoneChunks == got.TotalChunks() {
+		t.Fatalf("after the budget: owner %q, %d of %d chunks, %v", got.Lease.Owner, got.DoneChunks, got.TotalChunks(), err)
+	}
+
+	// Draining: nothing is created or started.
+	sr.Drain(time.Second)
+	out, err = sr.Do(ctx, Job{BatchID: "late", Request: req(2)})
+	if err != nil || out.Kind != Draining {
+		t.Fatalf("draining: %+v, %v", out, err)
+	}
+	if _, err := slow.store.Get(ctx, "late"); !errors.Is(err, state.ErrNotFound) {
+		t.Fatalf("a batch was created while draining: %v", err)
+	}
+}
