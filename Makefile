@@ -12,10 +12,13 @@ test:
 test-short:
 	go test -count=1 $$(go list ./... | grep -v /e2e)
 
-## lint: vet, staticcheck and the Dockerfile linter
+GOLANGCI_LINT ?= go run github.com/golangci/golangci-lint/v2/cmd/golangci-lint@v2.15.0
+
+## lint: vet, golangci-lint (staticcheck, errcheck, … and the dependency rules
+## of .golangci.yaml) and the Dockerfile linter
 lint:
 	go vet ./...
-	go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
+	$(GOLANGCI_LINT) run ./...
 	npx --yes dockerfilelint@1.8.0 Dockerfile
 
 ## bench: the engine benchmarks quoted in the README
