@@ -31,17 +31,18 @@ const MaxBodyBytes = 1 << 20
 
 // Server holds the handlers' collaborators.
 type Server struct {
-	runner      *worker.Runner
-	store       state.Store
-	predictions systems.PredictionReader // nil: the predictions endpoint answers 501
-	metrics     http.Handler
-	log         *slog.Logger
-	project     string // for Cloud Logging trace ids
-	deadLetters events.DeadLetters
-	pushBudget  time.Duration
-	maxAttempts int
-	auth        Auth
-	continuer   Continuer
+	runner       *worker.Runner
+	store        state.Store
+	predictions  systems.PredictionReader // nil: the predictions endpoint answers 501
+	metrics      http.Handler
+	log          *slog.Logger
+	project      string // for Cloud Logging trace ids
+	deadLetters  events.DeadLetters
+	pushBudget   time.Duration
+	maxAttempts  int
+	auth         Auth
+	continuer    Continuer
+	writeTimeout time.Duration
 }
 
 // Options configures New.
@@ -68,6 +69,10 @@ type Options struct {
 	// Continuer, when set, continues a batch whose push budget ran out in
 	// a new message (204) instead of asking for a redelivery (503).
 	Continuer Continuer
+	// WriteTimeout bounds writing an answer (HTTP_WRITE_TIMEOUT; zero:
+	// DefaultWriteTimeout). A push gets its budget on top; a predictions
+	// stream gets it afresh for every page.
+	WriteTimeout time.Duration
 }
 
 // Defaults of the push endpoint's settings.
@@ -77,6 +82,9 @@ const (
 	DefaultPushBudget = 540 * time.Second
 	// DefaultMaxAttempts bounds the deliveries an internal error may take.
 	DefaultMaxAttempts = 5
+	// DefaultWriteTimeout bounds writing one answer (or one page of a
+	// predictions stream) to a client that does not read.
+	DefaultWriteTimeout = 60 * time.Second
 )
 
 // New returns the server.
@@ -90,15 +98,19 @@ func New(o Options) *Server {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
+	if o.WriteTimeout <= 0 {
+		o.WriteTimeout = DefaultWriteTimeout
+	}
 	return &Server{runner: o.Runner, store: o.Store, predictions: o.Predictions,
 		metrics: o.Metrics, log: o.Logger, project: o.Project, deadLetters: o.DeadLetters,
-		pushBudget: o.PushBudget, maxAttempts: o.MaxAttempts, auth: o.Auth, continuer: o.Continuer}
+		pushBudget: o.PushBudget, maxAttempts: o.MaxAttempts, auth: o.Auth, continuer: o.Continuer,
+		writeTimeout: o.WriteTimeout}
 }
 
 // Handler returns the router.
 func (s *Server) Handler() http.Handler {
 	r := chi.NewRouter()
-	r.Use(s.requestContext, s.recoverer, s.accessLog)
+	r.Use(s.requestContext, s.writeDeadline, s.recoverer, s.accessLog)
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, &Error{Status: http.StatusNotFound, Code: CodeNotFound, Message: "no such endpoint"})
 	})
@@ -144,8 +156,9 @@ type BatchRequest struct {
 }
 
 // decodeJSON reads exactly one JSON object of type T from the body, refusing
-// other media types, unknown fields, trailing data and bodies over the limit.
-func decodeJSON(w http.ResponseWriter, r *http.Request, dst any) error {
+// other media types, bodies over the limit, and everything decodeStrict
+// refuses.
+func decodeJSON(w http.ResponseWriter, r *http.Request, dst any, fields []string) error {
 	if ct := r.Header.Get("Content-Type"); ct != "" {
 		mt, _, err := mime.ParseMediaType(ct)
 		if err != nil || mt != "application/json" {
@@ -153,17 +166,16 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, dst any) error {
 				Message: "Content-Type must be application/json"}
 		}
 	}
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(dst); err != nil {
-		return decodeError(err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+	raw, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
+	if err != nil {
 		var me *http.MaxBytesError
 		if errors.As(err, &me) {
 			return err
 		}
-		return invalid("", "request body must hold a single JSON object")
+		return invalid("", "request body could not be read: "+err.Error())
+	}
+	if ae := decodeStrict(raw, dst, fields); ae != nil {
+		return ae
 	}
 	return nil
 }
@@ -192,7 +204,7 @@ func decodeError(err error) *Error {
 
 func (s *Server) createBatch(w http.ResponseWriter, r *http.Request) {
 	var req BatchRequest
-	if err := decodeJSON(w, r, &req); err != nil {
+	if err := decodeJSON(w, r, &req, batchRequestFields); err != nil {
 		s.writeError(w, r, err)
 		return
 	}
@@ -207,10 +219,17 @@ func (s *Server) createBatch(w http.ResponseWriter, r *http.Request) {
 	case worker.Completed, worker.Failed:
 		w.Header().Set("Location", "/v1/batches/"+out.Batch.ID)
 		writeJSON(w, http.StatusOK, StatusOf(out.Batch))
-	default: // started, running here, or running elsewhere: what was asked
+	default: // started, running here or elsewhere, or waiting for an instance with room
 		w.Header().Set("Location", "/v1/batches/"+out.Batch.ID)
 		writeJSON(w, http.StatusAccepted, StatusOf(out.Batch))
 	}
+}
+
+// atCapacity is the answer when this instance runs MAX_RUNNING_BATCHES
+// batches already.
+func atCapacity() *Error {
+	return &Error{Status: http.StatusTooManyRequests, Code: CodeAtCapacity, RetryAfter: 10, Class: worker.ClassBusy,
+		Message: "this instance runs as many batches as it may (MAX_RUNNING_BATCHES); retry, or let a sweep start it"}
 }
 
 // stateRequest is the engine's form of the request.
@@ -299,9 +318,15 @@ func (s *Server) resumeBatch(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, worker.ErrDraining)
 	case worker.Held:
 		s.writeError(w, r, heldError(out.Batch, out.HeldUntil))
+	case worker.AtCapacity:
+		s.writeError(w, r, atCapacity())
+	case worker.Running:
+		s.writeError(w, r, &Error{Status: http.StatusConflict, Code: CodeAlreadyRunning, Class: worker.ClassBusy,
+			Message: fmt.Sprintf("batch %s is already running in this instance (owner %s, epoch %d); nothing to resume or take over",
+				out.Batch.ID, out.Batch.Lease.Owner, out.Batch.Lease.Epoch)})
 	case worker.Completed:
 		writeJSON(w, http.StatusOK, StatusOf(out.Batch))
-	default: // started, or already running here
+	default: // started
 		w.Header().Set("Location", "/v1/batches/"+out.Batch.ID)
 		writeJSON(w, http.StatusAccepted, StatusOf(out.Batch))
 	}
@@ -323,7 +348,13 @@ func (s *Server) batchPredictions(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	enc := json.NewEncoder(w)
+	rc := http.NewResponseController(w)
+	n := 0
 	err = s.predictions.ReadPredictions(r.Context(), id, func(p *systems.Prediction) error {
+		if n%500 == 0 { // a fresh write deadline per page: slow is fine, stalled is not
+			_ = rc.SetWriteDeadline(time.Now().Add(s.writeTimeout))
+		}
+		n++
 		return enc.Encode(p)
 	})
 	if err != nil {

@@ -23,6 +23,7 @@ const (
 	CodeFinished         = "batch_finished"
 	CodeLeaseHeld        = "lease_held"
 	CodeUnavailable      = "unavailable"
+	CodeDataIncomplete   = "data_incomplete"
 	CodeDependencyFailed = "dependency_failed"
 	CodeInternal         = "internal"
 	// Answers of the HTTP layer itself.
@@ -32,6 +33,9 @@ const (
 	CodeUnsupportedMedia = "unsupported_media_type"
 	CodeMethodNotAllowed = "method_not_allowed"
 	CodeNotReadable      = "not_readable"
+	// Answers to the lifecycle's outcomes.
+	CodeAtCapacity     = "at_capacity"
+	CodeAlreadyRunning = "already_running"
 )
 
 // answer is how the API answers one error class.
@@ -56,9 +60,11 @@ var answers = map[worker.Class]answer{
 	worker.ClassBusy:        {http.StatusConflict, CodeLeaseHeld, 10, "another worker holds a live lease on this batch; retry later or resume with ?force=true"},
 	worker.ClassInterrupted: {http.StatusServiceUnavailable, CodeUnavailable, 1, "this instance is shutting down, or the work was interrupted; retry"},
 	worker.ClassUnavailable: {http.StatusServiceUnavailable, CodeUnavailable, 5, "a dependency (state store, feature source or sink) is unavailable; retry"},
-	worker.ClassDeadline:    {http.StatusServiceUnavailable, CodeUnavailable, 5, "a dependency did not answer in time; retry"},
-	worker.ClassDependency:  {http.StatusInternalServerError, CodeDependencyFailed, 0, "a dependency failed in a way retrying cannot fix; see the service's logs"},
-	worker.ClassInternal:    {http.StatusInternalServerError, CodeInternal, 0, "internal error"},
+	worker.ClassDataIncomplete: {http.StatusServiceUnavailable, CodeDataIncomplete, 60,
+		"the feature source has no features for that date yet (upstream late, or no games); retry later"},
+	worker.ClassDeadline:   {http.StatusServiceUnavailable, CodeUnavailable, 5, "a dependency did not answer in time; retry"},
+	worker.ClassDependency: {http.StatusInternalServerError, CodeDependencyFailed, 0, "a dependency failed in a way retrying cannot fix; see the service's logs"},
+	worker.ClassInternal:   {http.StatusInternalServerError, CodeInternal, 0, "internal error"},
 }
 
 // Error is an API error: {"error": {"code", "message", "field"}}. Errors of

@@ -53,6 +53,19 @@ func traceID(r *http.Request) string {
 	return ""
 }
 
+// writeDeadline bounds the time to write the answer, so a client that never
+// reads it cannot hold the handler (and what it holds) for ever. Handlers
+// that legitimately take longer (a push running its batch, a stream) move
+// it with http.ResponseController.
+func (s *Server) writeDeadline(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// Not every ResponseWriter supports deadlines (some test recorders);
+		// then the server's own timeouts are all there is.
+		_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(s.writeTimeout))
+		next.ServeHTTP(w, r)
+	})
+}
+
 // recoverer turns a handler panic into a logged 500 with a JSON body.
 func (s *Server) recoverer(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -52,6 +52,13 @@ func DecodePushEnvelope(raw []byte) (*PushEnvelope, error) {
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return nil, invalid("message", "push body has data after the envelope")
 	}
+	if err := checkKeys(raw, nil); err != nil {
+		var ae *Error
+		if errors.As(err, &ae) {
+			return nil, invalid(ae.Field, "push envelope: "+ae.Message)
+		}
+		return nil, invalid("message", "push body is not a Pub/Sub push envelope: "+err.Error())
+	}
 	if env.ID() == "" {
 		return nil, invalid("message.messageId", "push envelope has no message id")
 	}
@@ -62,31 +69,24 @@ func DecodePushEnvelope(raw []byte) (*PushEnvelope, error) {
 }
 
 // DecodeBatchRequest parses a batch request strictly (unknown fields, wrong
-// types and trailing data are errors).
+// types, trailing data, duplicate and case-variant keys are errors).
 func DecodeBatchRequest(data []byte) (BatchRequest, error) {
 	var req BatchRequest
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
-		ae := decodeError(err)
+	if ae := decodeStrict(data, &req, batchRequestFields); ae != nil {
 		return req, invalid(ae.Field, "message data: "+ae.Message)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return req, invalid("message.data", "message data holds more than one JSON value")
 	}
 	return req, nil
 }
 
 // pushBatchID picks the batch id: the request's, else the batch_id
-// attribute, else one derived from the message id.
+// attribute, else "" (the engine derives it from the request, so the same
+// trigger published twice runs one batch; a deliberate second run names its
+// own batch_id).
 func pushBatchID(req BatchRequest, env *PushEnvelope) string {
-	switch {
-	case req.BatchID != "":
+	if req.BatchID != "" {
 		return req.BatchID
-	case env.Message.Attributes["batch_id"] != "":
-		return env.Message.Attributes["batch_id"]
 	}
-	return "msg-" + events.DeadLetterID(env.ID(), nil)
+	return env.Message.Attributes["batch_id"]
 }
 
 // push answers Pub/Sub: 2xx acks, anything else has the message redelivered.
@@ -101,6 +101,8 @@ func pushBatchID(req BatchRequest, env *PushEnvelope) string {
 //	transient failure, drain                     503 + Retry-After (resumes from the checkpoint)
 //	internal error on attempt ≥ MaxAttempts      dead letter, 204
 func (s *Server) push(w http.ResponseWriter, r *http.Request) {
+	// The batch runs inside this request: the answer may come a budget later.
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(s.pushBudget + s.writeTimeout))
 	raw, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
 	if err != nil {
 		var me *http.MaxBytesError
@@ -139,6 +141,9 @@ func (s *Server) push(w http.ResponseWriter, r *http.Request) {
 		breq.CorrelationID = env.Message.Attributes["correlation_id"]
 	}
 	out, err := s.runner.Do(r.Context(), worker.Job{BatchID: pc.batchID, Request: breq, Here: true, Budget: s.pushBudget})
+	if out.Batch.ID != "" {
+		pc.batchID = out.Batch.ID
+	}
 	if err != nil {
 		s.pushFailed(w, r, pc, err)
 		return
@@ -155,6 +160,10 @@ func (s *Server) pushAnswer(w http.ResponseWriter, r *http.Request, pc pushCtx, 
 		s.deadLetterAs(w, r, pc, worker.ClassFailed, fmt.Errorf("batch %s failed: %w", out.Batch.ID, out.Err))
 	case worker.Held, worker.Running:
 		s.pushHeld(w, out)
+	case worker.AtCapacity:
+		ae := atCapacity()
+		w.Header().Set("Retry-After", strconv.Itoa(ae.RetryAfter))
+		writeJSON(w, ae.Status, map[string]*Error{"error": ae})
 	case worker.Draining:
 		s.pushRetry(w, r, worker.ErrDraining)
 	case worker.Interrupted:
@@ -230,7 +239,7 @@ func (s *Server) pushFailed(w http.ResponseWriter, r *http.Request, pc pushCtx, 
 	switch {
 	case class.Permanent():
 		s.deadLetter(w, r, pc, err)
-	case class == worker.ClassInternal && pc.attempt >= s.maxAttempts:
+	case class.Bounded() && pc.attempt >= s.maxAttempts:
 		s.deadLetter(w, r, pc, fmt.Errorf("gave up after %d attempts: %w", pc.attempt, err))
 	default:
 		s.pushRetry(w, r, err)
@@ -269,8 +278,10 @@ func (s *Server) deadLetterAs(w http.ResponseWriter, r *http.Request, pc pushCtx
 	if pc.env != nil {
 		msgID, sub = pc.env.ID(), pc.env.Subscription
 	}
-	d := events.DeadLetter{ID: events.DeadLetterID(msgID, pc.raw), Class: string(class), Error: cause.Error(),
-		MessageID: msgID, Subscription: sub, Attempt: pc.attempt, BatchID: pc.batchID, Raw: pc.raw}
+	d := events.DeadLetter{ID: events.DeadLetterID(msgID, pc.raw), Class: string(class),
+		Error: events.TruncateUTF8(cause.Error(), events.MaxError), MessageID: msgID, Subscription: sub,
+		Attempt: pc.attempt, BatchID: pc.batchID}
+	d.SetRaw(pc.raw)
 	log := logging.FromContext(r.Context(), s.log).With(slog.String("message_id", msgID),
 		slog.String("batch_id", pc.batchID), slog.String("error_class", string(class)), slog.Int("attempt", pc.attempt))
 	created, err := s.deadLetters.Put(r.Context(), d)
@@ -282,7 +293,7 @@ func (s *Server) deadLetterAs(w http.ResponseWriter, r *http.Request, pc pushCtx
 	}
 	if created {
 		log.Warn("message dead-lettered", logging.Event(logging.EventDeadLettered), slog.String("dead_letter_id", d.ID),
-			slog.String("error", cause.Error()))
+			slog.String("error", d.Error), slog.Int("raw_size", d.RawSize), slog.String("raw_sha256", d.RawSHA256))
 	}
 	w.WriteHeader(http.StatusNoContent)
 }
@@ -315,6 +326,12 @@ func (s *Server) retryDeadLetter(w http.ResponseWriter, r *http.Request) {
 	d, err := s.deadLetters.Get(r.Context(), chi.URLParam(r, "id"))
 	if err != nil {
 		s.writeError(w, r, err)
+		return
+	}
+	if d.Truncated() {
+		s.writeError(w, r, &Error{Status: http.StatusUnprocessableEntity, Code: CodeInvalidArgument,
+			Message: fmt.Sprintf("the dead-lettered message was %d bytes, kept only in part (its first %d; sha256 %s): "+
+				"publish it again from its source instead", d.RawSize, len(d.Raw), d.RawSHA256)})
 		return
 	}
 	env, err := DecodePushEnvelope(d.Raw)

@@ -2,7 +2,9 @@ package api_test
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -105,14 +107,22 @@ func TestPushRunsBatchAndAcks(t *testing.T) {
 	if _, err := f.store.Get(t.Context(), "from-attr"); resp.StatusCode != 204 || err != nil {
 		t.Fatalf("attribute batch id: %d %v", resp.StatusCode, err)
 	}
-	resp, _ = push(t, f, envelope("m4", `{"game_date": "2025-01-16", "players": ["y"]}`, 0, nil))
-	list, _ := f.store.List(t.Context(), state.ListFilter{})
-	var derived bool
-	for _, b := range list {
-		derived = derived || strings.HasPrefix(b.ID, "msg-")
+	// No batch id anywhere: the id is derived from the request, so the same
+	// trigger published again (a new message id) finds the same batch.
+	trigger := `{"game_date": "2025-01-16", "players": ["y"]}`
+	derived := worker.DeriveBatchID(state.Request{GameDate: "2025-01-16", Players: []string{"y"}, ChunkSize: worker.DefaultChunkSize})
+	for _, msg := range []string{"m4", "m5"} {
+		resp, raw = push(t, f, envelope(msg, trigger, 0, nil))
+		if resp.StatusCode != 204 {
+			t.Fatalf("request-derived batch id, message %s: %d %s", msg, resp.StatusCode, raw)
+		}
 	}
-	if resp.StatusCode != 204 || !derived {
-		t.Fatalf("message-id batch id: %d, batches %d", resp.StatusCode, len(list))
+	got, err := f.store.Get(t.Context(), derived)
+	if err != nil || got.Attempt != 1 {
+		t.Fatalf("batch %s of the re-published trigger: attempt %d, %v; want one run", derived, got.Attempt, err)
+	}
+	if list, _ := f.store.List(t.Context(), state.ListFilter{}); len(list) != 3 {
+		t.Fatalf("%d batches, want 3 (p1, from-attr, %s)", len(list), derived)
 	}
 	if dl := deadLetters(t, f); len(dl) != 0 {
 		t.Fatalf("good messages dead-lettered: %+v", dl)
@@ -136,6 +146,10 @@ func TestPushPermanentFailuresAreDeadLetteredOnce(t *testing.T) {
 		{"date without games", envelope("x7", `{"game_date": "2025-02-16"}`, 0, nil), "validation"},
 		{"hostile batch id", envelope("x8", `{"batch_id": "a'; DROP TABLE batches;--", "game_date": "2025-01-15"}`, 0, nil), "validation"},
 		{"hostile player", envelope("x9", `{"game_date": "2025-01-15", "players": ["../../etc/passwd"]}`, 0, nil), "validation"},
+		{"duplicate key", envelope("x10", `{"game_date": "2025-01-15", "game_date": "2025-01-16"}`, 0, nil), "validation"},
+		{"case-variant key", envelope("x11", `{"Game_Date": "2025-01-15"}`, 0, nil), "validation"},
+		{"date outside the season, with players", envelope("x12", `{"game_date": "1999-01-01", "players": ["aaronadams"]}`, 0, nil), "validation"},
+		{"duplicate envelope key", `{"message": {"messageId": "x13", "data": "e30=", "data": "e30="}}`, "validation"},
 	}
 	for _, c := range cases {
 		for range 3 { // redeliveries of the same poison message
@@ -434,3 +448,108 @@ func (p panicky) Predict(ctx context.Context, f *systems.Features) (systems.Esti
 }
 
 var _ = api.PushEnvelope{}
+
+// A poison message near the 1 MiB body limit is dead-lettered with its first
+// 256 KiB, its size and its SHA-256 (a Firestore document holds 1 MiB in
+// all), and re-driving it says why it cannot be.
+func TestPushHugePoisonMessageIsCappedInTheDeadLetter(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	payload := `{"game_date": "2025-01-15", "notes": "` + strings.Repeat("é", 350_000) + `"}`
+	body := envelope("huge-1", payload, 0, nil)
+	if len(body) < 900_000 || len(body) > api.MaxBodyBytes {
+		t.Fatalf("test body of %d bytes", len(body))
+	}
+	if resp, raw := push(t, f, body); resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("push = %d %s", resp.StatusCode, raw)
+	}
+	dl := deadLetters(t, f)
+	sum := sha256.Sum256([]byte(body))
+	if len(dl) != 1 || len(dl[0].Raw) != events.MaxRaw || dl[0].RawSize != len(body) ||
+		dl[0].RawSHA256 != hex.EncodeToString(sum[:]) || string(dl[0].Raw) != body[:events.MaxRaw] {
+		t.Fatalf("dead letter keeps %d bytes of %d (sha %q); want the first %d, the size and the hash",
+			len(dl[0].Raw), dl[0].RawSize, dl[0].RawSHA256, events.MaxRaw)
+	}
+	resp, raw := do(t, "POST", f.srv.URL+"/v1/dead-letters/"+dl[0].ID+"/retry", "", "")
+	if resp.StatusCode != http.StatusUnprocessableEntity || !strings.Contains(string(raw), "kept only in part") {
+		t.Fatalf("re-drive of a cut dead letter = %d %s", resp.StatusCode, raw)
+	}
+}
+
+// Upstream late: the feature source has no features for the date yet. That
+// is never "no games": the push is redelivered until its attempts run out,
+// then dead-lettered as data_incomplete; the API answers 503.
+func TestDataNotReadyYetIsRetriedThenDeadLettered(t *testing.T) {
+	t.Parallel()
+	src := &outageSource{FeatureSource: league.Default()}
+	src.set(fmt.Errorf("feature table: %w", systems.ErrDataIncomplete))
+	f := setupWith(t, fixtureOpts{features: src})
+	var codes []int
+	for range 6 {
+		resp, _ := push(t, f, envelope("late-1", `{"game_date": "2025-01-15"}`, 0, nil))
+		codes = append(codes, resp.StatusCode)
+	}
+	if fmt.Sprint(codes) != "[503 503 503 503 204 204]" {
+		t.Fatalf("answers while upstream is late: %v, want 4 × 503 then a dead letter", codes)
+	}
+	if dl := deadLetters(t, f); len(dl) != 1 || dl[0].Class != "data_incomplete" {
+		t.Fatalf("dead letters = %+v, want one of class data_incomplete", dl)
+	}
+	resp, raw := do(t, "POST", f.srv.URL+"/v1/batches", "application/json", `{"game_date": "2025-01-15"}`)
+	var eb errBody
+	_ = json.Unmarshal(raw, &eb)
+	if resp.StatusCode != http.StatusServiceUnavailable || eb.Error.Code != "data_incomplete" || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("create while upstream is late = %d %s", resp.StatusCode, raw)
+	}
+}
+
+// A batch whose every row is a failure record completes, but its status and
+// completion event say so.
+func TestBatchWithoutPredictionsIsNotACleanSuccess(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	resp, raw := do(t, "POST", f.srv.URL+"/v1/batches", "application/json", `{"batch_id": "empty", "game_date": "2025-01-15", "players": ["nobody-here"]}`)
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("create = %d %s", resp.StatusCode, raw)
+	}
+	st := waitCompleted(t, f, "empty")
+	if st.Warning != "no_predictions" || st.Predictions != 0 || st.FailedItems != 2 {
+		t.Fatalf("status = %+v, want warning no_predictions", st)
+	}
+	evs, err := f.store.Outbox(t.Context(), 10)
+	if err != nil || len(evs) != 1 || evs[0].Warning != "no_predictions" {
+		t.Fatalf("completion event = %+v, %v; want warning no_predictions", evs, err)
+	}
+}
+
+// Beyond MAX_RUNNING_BATCHES a push is answered 429 with Retry-After (the
+// redelivery comes back later), and a resume of a batch already running in
+// this instance says so instead of pretending to take it over.
+func TestPushAtCapacityAndResumeOfARunningBatch(t *testing.T) {
+	t.Parallel()
+	rules, err := worker.ParseFaults("system=*,kind=latency,latency=200ms,rate=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := setupWith(t, fixtureOpts{engine: worker.Config{Faults: rules, MaxRunning: 1}})
+	resp, raw := do(t, "POST", f.srv.URL+"/v1/batches", "application/json", `{"batch_id": "slow", "game_date": "2025-01-15", "chunk_size": 5}`)
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("create = %d %s", resp.StatusCode, raw)
+	}
+	resp, raw = push(t, f, envelope("cap-1", `{"batch_id": "pushed", "game_date": "2025-01-15"}`, 0, nil))
+	var eb errBody
+	_ = json.Unmarshal(raw, &eb)
+	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" || eb.Error.Code != "at_capacity" {
+		t.Fatalf("push beyond capacity = %d %s; want 429 at_capacity with Retry-After", resp.StatusCode, raw)
+	}
+	for _, q := range []string{"", "?force=true"} {
+		resp, raw = do(t, "POST", f.srv.URL+"/v1/batches/slow/resume"+q, "", "")
+		_ = json.Unmarshal(raw, &eb)
+		if resp.StatusCode != http.StatusConflict || eb.Error.Code != "already_running" {
+			t.Fatalf("resume%s of a batch running here = %d %s; want 409 already_running", q, resp.StatusCode, raw)
+		}
+	}
+	if dl := deadLetters(t, f); len(dl) != 0 {
+		t.Fatalf("dead letters: %+v", dl)
+	}
+}

@@ -25,9 +25,12 @@ type Status struct {
 	Fallbacks     int          `json:"fallbacks"`
 	FailedItems   int          `json:"failed_items"`
 	Error         string       `json:"error,omitempty"`
-	CreatedAt     *time.Time   `json:"created_at"`
-	UpdatedAt     *time.Time   `json:"updated_at"`
-	CompletedAt   *time.Time   `json:"completed_at"`
+	// Warning: "no_predictions" for a completed batch whose every row is a
+	// failure record.
+	Warning     string     `json:"warning,omitempty"`
+	CreatedAt   *time.Time `json:"created_at"`
+	UpdatedAt   *time.Time `json:"updated_at"`
+	CompletedAt *time.Time `json:"completed_at"`
 }
 
 // LeaseView is the lease part of Status.
@@ -53,6 +56,6 @@ func StatusOf(b state.Batch) Status {
 		TotalItems: len(b.Items), DoneItems: b.DoneItems, TotalChunks: b.TotalChunks(), DoneChunks: b.DoneChunks,
 		Attempt: b.Attempt, Lease: LeaseView{Owner: b.Lease.Owner, Epoch: b.Lease.Epoch, ExpiresAt: ts(b.Lease.ExpiresAt)},
 		HeartbeatAt: ts(b.HeartbeatAt), Predictions: b.Predictions, Fallbacks: b.Fallbacks, FailedItems: b.FailedItems,
-		Error: b.Error, CreatedAt: ts(b.CreatedAt), UpdatedAt: ts(b.UpdatedAt), CompletedAt: ts(b.CompletedAt),
+		Error: b.Error, Warning: b.Warning(b.Status), CreatedAt: ts(b.CreatedAt), UpdatedAt: ts(b.UpdatedAt), CompletedAt: ts(b.CompletedAt),
 	}
 }

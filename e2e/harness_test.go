@@ -128,10 +128,18 @@ func newCluster(t *testing.T, backend string, env ...string) *cluster {
 		if !t.Failed() {
 			return
 		}
-		// The workers' last words, to see why.
-		evs := c.allEvents()
-		for _, e := range evs[max(0, len(evs)-60):] {
-			if e.Message != "request" {
+		// Each worker's last words (access-log lines aside), to see why.
+		c.mu.Lock()
+		procs := append([]*proc(nil), c.procs...)
+		c.mu.Unlock()
+		for _, p := range procs {
+			var said []event
+			for _, e := range p.eventsSnapshot() {
+				if e.Message != "request" {
+					said = append(said, e)
+				}
+			}
+			for _, e := range said[max(0, len(said)-40):] {
 				t.Logf("worker %d: %s", e.Instance, e.Raw)
 			}
 		}

@@ -18,21 +18,27 @@ const (
 // so a crash between the two loses nothing and a replay publishes at most a
 // duplicate with the same ID.
 type Event struct {
-	ID            string    `json:"event_id"` // batch id, type and epoch: unique per finish
-	Type          string    `json:"type"`     // TypeBatchCompleted or TypeBatchFailed
-	BatchID       string    `json:"batch_id"`
-	GameDate      string    `json:"game_date"`
-	CorrelationID string    `json:"correlation_id,omitempty"`
-	TotalItems    int       `json:"total_items"`
-	DoneItems     int       `json:"done_items"`
-	Predictions   int       `json:"predictions"`
-	Fallbacks     int       `json:"fallbacks"`
-	FailedItems   int       `json:"failed_items"`
-	Attempt       int       `json:"attempt"`
-	DurationMS    int64     `json:"duration_ms"`
-	Error         string    `json:"error,omitempty"`
-	At            time.Time `json:"at"`
+	ID            string `json:"event_id"` // batch id, type and epoch: unique per finish
+	Type          string `json:"type"`     // TypeBatchCompleted or TypeBatchFailed
+	BatchID       string `json:"batch_id"`
+	GameDate      string `json:"game_date"`
+	CorrelationID string `json:"correlation_id,omitempty"`
+	TotalItems    int    `json:"total_items"`
+	DoneItems     int    `json:"done_items"`
+	Predictions   int    `json:"predictions"`
+	Fallbacks     int    `json:"fallbacks"`
+	FailedItems   int    `json:"failed_items"`
+	Attempt       int    `json:"attempt"`
+	DurationMS    int64  `json:"duration_ms"`
+	Error         string `json:"error,omitempty"`
+	// Warning flags a completion that is not a clean success: "no_predictions"
+	// when every row is a failure record.
+	Warning string    `json:"warning,omitempty"`
+	At      time.Time `json:"at"`
 }
+
+// WarningNoPredictions flags a batch that completed without one prediction.
+const WarningNoPredictions = "no_predictions"
 
 // Publisher delivers completion events (to the log, to Pub/Sub). It returns
 // only once the event is confirmed delivered.
@@ -49,6 +55,6 @@ func (p LogPublisher) PublishEvent(_ context.Context, ev Event) error {
 		slog.String("batch_id", ev.BatchID), slog.String("game_date", ev.GameDate),
 		slog.Int("predictions", ev.Predictions), slog.Int("fallbacks", ev.Fallbacks),
 		slog.Int("failed_items", ev.FailedItems), slog.Int64("duration_ms", ev.DurationMS),
-		slog.String("correlation_id", ev.CorrelationID))
+		slog.String("correlation_id", ev.CorrelationID), slog.String("warning", ev.Warning))
 	return nil
 }

@@ -170,8 +170,19 @@ func (b Batch) CompletionEvent(st Status, errMsg string, now time.Time) events.E
 		ID: b.ID + ":" + typ + ":" + strconv.FormatInt(b.Lease.Epoch, 10), Type: typ, BatchID: b.ID,
 		GameDate: b.Request.GameDate, CorrelationID: b.Request.CorrelationID, TotalItems: len(b.Items),
 		DoneItems: b.DoneItems, Predictions: b.Predictions, Fallbacks: b.Fallbacks, FailedItems: b.FailedItems,
-		Attempt: b.Attempt, DurationMS: now.Sub(b.CreatedAt).Milliseconds(), Error: errMsg, At: now.UTC(),
+		Attempt: b.Attempt, DurationMS: now.Sub(b.CreatedAt).Milliseconds(), Error: errMsg, Warning: b.Warning(st),
+		At: now.UTC(),
 	}
+}
+
+// Warning says why a batch finishing in st is not a clean success even so:
+// events.WarningNoPredictions when it completed with every row a failure
+// record. Empty otherwise.
+func (b Batch) Warning(st Status) string {
+	if st == StatusCompleted && b.Predictions == 0 {
+		return events.WarningNoPredictions
+	}
+	return ""
 }
 
 // ClaimOptions tunes a claim.
@@ -224,8 +235,9 @@ type Store interface {
 	Finish(ctx context.Context, id string, l Lease, s Status, errMsg string) error
 	// Outbox returns unsent events, oldest first.
 	Outbox(ctx context.Context, limit int) ([]events.Event, error)
-	// MarkSent records that an event was published.
-	MarkSent(ctx context.Context, eventID string) error
+	// MarkSent takes an event out of the outbox: published, or (failure
+	// not empty) refused for good by the publisher, with why.
+	MarkSent(ctx context.Context, eventID, failure string) error
 	// Release drops the lease so another owner can claim at once; the batch
 	// keeps its progress and stays running. Fenced.
 	Release(ctx context.Context, id string, l Lease) error

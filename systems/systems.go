@@ -25,6 +25,10 @@ var (
 	ErrNoGames = errors.New("no games on that date")
 	// ErrUnknownDate: the date is outside what the source covers.
 	ErrUnknownDate = errors.New("date outside the feature store's season")
+	// ErrDataIncomplete: the source has no features for the date yet (the
+	// upstream pipeline is late, or there are no games: a feature table
+	// alone cannot tell). Retried later, a bounded number of times.
+	ErrDataIncomplete = errors.New("no features for that date yet")
 	// ErrUnavailable: the feature source or sink could not be reached; retry.
 	// Adapters wrap their transient failures (5xx, rate limits, timeouts)
 	// with it so they are never mistaken for "no data".

@@ -46,6 +46,9 @@ type Config struct {
 	SweepInterval     time.Duration `env:"SWEEP_INTERVAL"`
 	// DrainTimeout is the whole shutdown budget (SIGTERM to exit).
 	DrainTimeout time.Duration `env:"DRAIN_TIMEOUT"`
+	// MaxRunning caps the batches one process runs at once (its own and
+	// pushed ones); 0 means 4 × GOMAXPROCS.
+	MaxRunning int `env:"MAX_RUNNING_BATCHES"`
 
 	// LocalOwners lets the engine replace, without waiting for expiry, a
 	// lease whose owner is a process on this machine that no longer exists.
@@ -76,6 +79,11 @@ const (
 // CPU; four per core keeps the cores busy while some calls wait.
 func DefaultConcurrency() int { return 4 * runtime.GOMAXPROCS(0) }
 
+// DefaultMaxRunning is 4 × GOMAXPROCS (GOMAXPROCS follows the vCPUs of the
+// instance): enough batches to keep I/O-bound work moving, few enough that
+// heartbeats are never starved of CPU.
+func DefaultMaxRunning() int { return 4 * runtime.GOMAXPROCS(0) }
+
 // DefaultConfig returns the defaults of every setting.
 func DefaultConfig() Config {
 	return Config{
@@ -83,6 +91,7 @@ func DefaultConfig() Config {
 		SystemTimeout: DefaultSystemTimeout, BreakerFailures: DefaultBreakerFailures, BreakerCooldown: DefaultBreakerCooldown,
 		MinQuality: systems.DefaultMinQuality, LeaseTTL: DefaultLeaseTTL, HeartbeatInterval: DefaultHeartbeatInterval,
 		SweepInterval: DefaultSweepInterval, DrainTimeout: DefaultDrainTimeout, RetryMaxInterval: DefaultRetryMaxInterval,
+		MaxRunning: DefaultMaxRunning(),
 	}
 }
 
@@ -101,6 +110,7 @@ func (c Config) resolved() Config {
 	}
 	setDefault(&c.ChunkSize, d.ChunkSize)
 	setDefault(&c.Concurrency, d.Concurrency)
+	setDefault(&c.MaxRunning, d.MaxRunning)
 	setDefault(&c.SystemTimeout, d.SystemTimeout)
 	setDefault(&c.BreakerFailures, d.BreakerFailures)
 	setDefault(&c.BreakerCooldown, d.BreakerCooldown)
@@ -141,6 +151,8 @@ func (c Config) Validate(ids []string) error {
 		return fmt.Errorf("CHUNK_SIZE must be from 1 to %d (got %d)", MaxChunkSize, c.ChunkSize)
 	case c.Concurrency < 0 || c.Concurrency > 4096:
 		return fmt.Errorf("CONCURRENCY must be from 1 to 4096, or 0 for 4 × GOMAXPROCS (got %d)", c.Concurrency)
+	case c.MaxRunning < 0 || c.MaxRunning > 1000:
+		return fmt.Errorf("MAX_RUNNING_BATCHES must be from 1 to 1000, or 0 for 4 × GOMAXPROCS (got %d)", c.MaxRunning)
 	case c.MinQuality < 0 || c.MinQuality > 100:
 		return fmt.Errorf("MIN_FEATURE_QUALITY must be from 0 to 100 (got %g)", c.MinQuality)
 	case c.BreakerFailures < 1:
@@ -175,7 +187,7 @@ func (c Config) Validate(ids []string) error {
 // LogValue shows the resolved settings in human units.
 func (c Config) LogValue() slog.Value {
 	return slog.GroupValue(
-		slog.Int("chunk_size", c.ChunkSize), slog.Int("concurrency", c.Concurrency),
+		slog.Int("chunk_size", c.ChunkSize), slog.Int("concurrency", c.Concurrency), slog.Int("max_running_batches", c.MaxRunning),
 		slog.String("system_timeout", c.SystemTimeout.String()), slog.String("system_timeouts", c.SystemTimeouts.String()),
 		slog.Int("breaker_failures", int(c.BreakerFailures)), slog.String("breaker_cooldown", c.BreakerCooldown.String()),
 		slog.String("system_breakers", c.Breakers.String()), slog.String("faults", c.Faults.String()),

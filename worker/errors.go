@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime/debug"
+	"strings"
 
 	"github.com/predworker/predworker/events"
 	"github.com/predworker/predworker/logging"
@@ -45,6 +46,10 @@ const (
 	// is draining, the run was stopped or its caller went away); progress is
 	// kept. Transient; never retried in place.
 	ClassInterrupted Class = "interrupted"
+	// ClassDataIncomplete: the feature source has no features for the date
+	// yet (upstream is late). Transient, redelivered a bounded number of
+	// times like internal errors; never taken as "no games".
+	ClassDataIncomplete Class = "data_incomplete"
 	// ClassUnavailable: a dependency (state store, feature source, sink)
 	// could not be reached. Transient and retried in place.
 	ClassUnavailable Class = "unavailable"
@@ -59,7 +64,7 @@ const (
 
 // Classes lists every class, for tables and tests.
 var Classes = []Class{ClassValidation, ClassConflict, ClassNotFound, ClassFinished, ClassFailed,
-	ClassDependency, ClassBusy, ClassInterrupted, ClassUnavailable, ClassDeadline, ClassInternal}
+	ClassDependency, ClassBusy, ClassInterrupted, ClassDataIncomplete, ClassUnavailable, ClassDeadline, ClassInternal}
 
 // Permanent reports whether retrying can never help: the input, the batch or
 // a dependency is in a state no retry changes.
@@ -80,6 +85,11 @@ func (c Class) RetryInPlace() bool {
 	}
 	return false
 }
+
+// Bounded reports whether a transient class is retried only a bounded
+// number of times (a push is dead-lettered after MAX_DELIVERY_ATTEMPTS): a
+// bug, or upstream data that may never come.
+func (c Class) Bounded() bool { return c == ClassInternal || c == ClassDataIncomplete }
 
 // Classifier is implemented by errors that know their class (errors of other
 // layers, such as the API's, that the engine's sentinels do not cover).
@@ -104,12 +114,14 @@ func Classify(err error) Class {
 		return ClassNotFound
 	case errors.Is(err, state.ErrFinished):
 		return ClassFinished
-	case errors.Is(err, systems.ErrPermanent):
+	case errors.Is(err, systems.ErrPermanent), errors.Is(err, events.ErrRejected):
 		return ClassDependency
 	case errors.Is(err, state.ErrLeaseHeld), errors.Is(err, state.ErrLeaseLost):
 		return ClassBusy
 	case errors.Is(err, ErrDraining), errors.Is(err, ErrInterrupted), errors.Is(err, context.Canceled):
 		return ClassInterrupted
+	case errors.Is(err, systems.ErrDataIncomplete):
+		return ClassDataIncomplete
 	case errors.Is(err, state.ErrUnavailable), errors.Is(err, systems.ErrUnavailable), errors.Is(err, events.ErrUnavailable):
 		return ClassUnavailable
 	case errors.Is(err, context.DeadlineExceeded):
@@ -141,6 +153,23 @@ func (e *InputError) Unwrap() error { return e.Err }
 
 // ErrorClass implements Classifier.
 func (e *InputError) ErrorClass() Class { return ClassValidation }
+
+// MissingSystemsError: a stored batch asks for systems this process does
+// not run (the deploy changed SYSTEMS). The batch fails with the names, so
+// an operator can resume it where they run, or submit it again without them.
+type MissingSystemsError struct {
+	Missing []string
+	Running []string
+}
+
+func (e *MissingSystemsError) Error() string {
+	return fmt.Sprintf("the batch needs systems %s, which this instance does not run (it runs %s); "+
+		"resume it where they run, or submit it again without them",
+		strings.Join(e.Missing, ", "), strings.Join(e.Running, ", "))
+}
+
+// ErrorClass implements Classifier.
+func (e *MissingSystemsError) ErrorClass() Class { return ClassDependency }
 
 // BatchFailedError: the batch hit a permanent error and is marked failed.
 type BatchFailedError struct{ Err error }

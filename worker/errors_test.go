@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"testing"
 
 	"github.com/predworker/predworker/events"
 	"github.com/predworker/predworker/state"
 	"github.com/predworker/predworker/systems"
+	"github.com/predworker/predworker/systems/movingavg"
 )
 
 // Every error the engine, the stores and the sources produce has exactly
@@ -40,6 +42,8 @@ func TestClassifyGivesEachErrorOneClass(t *testing.T) {
 		{systems.ErrUnavailable, ClassUnavailable},
 		{events.ErrUnavailable, ClassUnavailable},
 		{context.DeadlineExceeded, ClassDeadline},
+		{systems.ErrDataIncomplete, ClassDataIncomplete},
+		{events.ErrRejected, ClassDependency},
 		{newPanicError("boom"), ClassInternal},
 		{errors.New("something nobody classified"), ClassInternal},
 	} {
@@ -114,5 +118,74 @@ func TestEngineDecidesByClass(t *testing.T) {
 		if got.Status != tc.wantStatus || !tc.wantErr(err) {
 			t.Errorf("sink error %v (%s): batch %s, run error %v; want %s", tc.err, Classify(tc.err), got.Status, err, tc.wantStatus)
 		}
+	}
+}
+
+// crashAfterWrite lets the first write through and then "kills" its run
+// before the checkpoint (cancels it), as a crash between the two would.
+type crashAfterWrite struct {
+	systems.Sink
+	kill   context.CancelFunc
+	writes int
+}
+
+func (s *crashAfterWrite) Write(ctx context.Context, batchID string, epoch int64, rows []systems.Prediction) error {
+	err := s.Sink.Write(ctx, batchID, epoch, rows)
+	if s.writes++; s.writes == 1 {
+		s.kill()
+	}
+	return err
+}
+
+// After an owner wrote a chunk and died before its checkpoint, the next owner
+// computes the chunk again (here with a healthy system instead of
+// fallbacks): the counters in the status equal the rows the sink holds.
+func TestCountersEqualStoredRowsAfterATakeover(t *testing.T) {
+	t.Parallel()
+	var broken atomic.Bool
+	broken.Store(true)
+	flaky := &stub{id: "flaky", fn: func(ctx context.Context, f *systems.Features) (systems.Estimate, error) {
+		if broken.Load() {
+			return systems.Estimate{}, errors.New("model server down")
+		}
+		return systems.Estimate{Points: 20, Confidence: 60, Recommendation: systems.Pass}, nil
+	}}
+	b := setup(t, nil, func(r *systems.Registry) {
+		r.Register(movingavg.New(), "")
+		r.Register(flaky, movingavg.ID)
+	})
+	ctx, kill := context.WithCancel(t.Context())
+	sink := &crashAfterWrite{Sink: b.sink, kill: kill}
+	a, err := New(Config{Owner: "A", BreakerFailures: 1000}, Deps{Store: b.store, Features: b.features, Sink: sink, Registry: b.registry})
+	if err != nil {
+		t.Fatal(err)
+	}
+	batch, _, err := a.Submit(t.Context(), "takeover", state.Request{GameDate: "2025-01-15", Players: players(t, 4), ChunkSize: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Run(ctx, batch.ID, RunOptions{}); err == nil {
+		t.Fatal("the killed run completed")
+	}
+	broken.Store(false)
+	done, err := b.engine(t, Config{Owner: "B"}).Run(t.Context(), batch.ID, RunOptions{Claim: state.ClaimOptions{Force: true}})
+	if err != nil || done.Status != state.StatusCompleted {
+		t.Fatalf("B: %s, %v", done.Status, err)
+	}
+	var stored state.Progress
+	for _, r := range b.rows(t, batch.ID) {
+		switch {
+		case r.Failed:
+			stored.FailedItems++
+		case r.Fallback:
+			stored.Fallbacks++
+			stored.Predictions++
+		default:
+			stored.Predictions++
+		}
+	}
+	if stored.Predictions != done.Predictions || stored.Fallbacks != done.Fallbacks || stored.FailedItems != done.FailedItems {
+		t.Fatalf("status counts %d predictions, %d fallbacks, %d failed; the sink holds %d, %d, %d",
+			done.Predictions, done.Fallbacks, done.FailedItems, stored.Predictions, stored.Fallbacks, stored.FailedItems)
 	}
 }

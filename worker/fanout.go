@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"slices"
 	"strings"
@@ -168,6 +169,7 @@ func (f *fanout) call(ctx context.Context, p *chunkPlan, log *slog.Logger) {
 	for _, k := range p.calls {
 		i, row := k/len(p.sys), &p.rows[k]
 		g.Go(func() error {
+			defer f.contain(row, log)
 			f.fill(ctx, p.feats[i], row, row.SystemID, nil, log)
 			if !row.Failed && !row.Fallback {
 				p.keep(i, row.SystemID, systems.Estimate{Points: row.PredictedPoints, Confidence: row.Confidence, Recommendation: row.Recommendation})
@@ -182,6 +184,7 @@ func (f *fanout) call(ctx context.Context, p *chunkPlan, log *slog.Logger) {
 			}
 			for _, id := range p.extra {
 				g.Go(func() error {
+					defer f.contain(nil, log)
 					if est, _, err := f.callOne(ctx, id, func(ctx context.Context) (systems.Estimate, error) {
 						return f.systems[id].Predict(ctx, ft)
 					}); err == nil {
@@ -205,6 +208,7 @@ func (f *fanout) combine(ctx context.Context, p *chunkPlan, log *slog.Logger) {
 		ft, c := p.feats[i], f.mustCombiner(row.SystemID)
 		in := p.inputs[i].by
 		g.Go(func() error {
+			defer f.contain(row, log)
 			est, reason, err := f.callOne(ctx, row.SystemID, func(ctx context.Context) (systems.Estimate, error) {
 				return c.Combine(ctx, ft, in)
 			})
@@ -218,6 +222,23 @@ func (f *fanout) combine(ctx context.Context, p *chunkPlan, log *slog.Logger) {
 		})
 	}
 	_ = g.Wait()
+}
+
+// contain turns a panic in a fan-out task (a bug of the engine's own: the
+// systems' panics are recovered in callOne) into a failure record for its
+// row, so no fan-out goroutine can end the process.
+func (f *fanout) contain(row *systems.Prediction, log *slog.Logger) {
+	v := recover()
+	if v == nil {
+		return
+	}
+	err := newPanicError(v)
+	attrs := []any{ErrorAttrs(err)}
+	if row != nil {
+		row.Fallback, row.Failed, row.FailureReason = false, true, "internal error: "+err.Error()
+		attrs = append(attrs, slog.String("system_id", row.SystemID), slog.String("player_lookup", row.PlayerLookup))
+	}
+	log.Error("fan-out task panicked", attrs...)
 }
 
 // tally counts the chunk's rows into a progress delta and the metrics.
@@ -329,17 +350,27 @@ func (f *fanout) callOne(ctx context.Context, id string, fn func(context.Context
 		est systems.Estimate
 		err error
 	}
+	br, ok := f.breakers[id]
+	if !ok {
+		return systems.Estimate{}, "error", fmt.Errorf("system %q is not registered", id)
+	}
 	ch := make(chan result, 1)
 	go func() {
-		est, err := f.breakers[id].Execute(func() (est systems.Estimate, err error) {
+		var r result
+		defer func() { // nothing in this goroutine may end the process
+			if v := recover(); v != nil {
+				r = result{err: newPanicError(v)}
+			}
+			ch <- r
+		}()
+		r.est, r.err = br.Execute(func() (est systems.Estimate, err error) {
 			defer func() {
-				if r := recover(); r != nil {
-					err = newPanicError(r)
+				if v := recover(); v != nil {
+					err = newPanicError(v)
 				}
 			}()
 			return fn(cctx)
 		})
-		ch <- result{est, err}
 	}()
 	var r result
 	select {

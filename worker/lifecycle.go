@@ -64,6 +64,10 @@ const (
 	Interrupted OutcomeKind = "interrupted"
 	// Draining: this process is shutting down and started nothing.
 	Draining OutcomeKind = "draining"
+	// AtCapacity: this process runs MAX_RUNNING_BATCHES batches already
+	// and started nothing; the batch (created if it was new) waits for an
+	// instance with room (a sweep, a redelivery).
+	AtCapacity OutcomeKind = "at_capacity"
 )
 
 // Outcome is what became of a Job.
@@ -102,6 +106,10 @@ func (r *Runner) Do(ctx context.Context, j Job) (Outcome, error) {
 		out.Kind = Running
 		return out, nil
 	}
+	if r.room() <= 0 { // checked before claiming: a claim is a write
+		out.Kind = AtCapacity
+		return out, nil
+	}
 	claimed, err := r.engine.Claim(ctx, b.ID, state.ClaimOptions{Force: j.Force, Reopen: j.Reopen})
 	out.Batch = claimed
 	switch {
@@ -125,6 +133,8 @@ func (r *Runner) Do(ctx context.Context, j Job) (Outcome, error) {
 		out.Kind = Draining
 	case errors.Is(err, errRunningHere):
 		out.Kind = Running
+	case errors.Is(err, errAtCapacity):
+		out.Kind = AtCapacity
 	case err != nil:
 		return out, err
 	default:
@@ -192,6 +202,8 @@ func (r *Runner) doHere(ctx context.Context, b state.Batch, j Job) (Outcome, err
 		out.Kind = Draining
 	case errors.Is(err, errRunningHere):
 		out.Kind = Running
+	case errors.Is(err, errAtCapacity):
+		out.Kind = AtCapacity
 	case errors.Is(err, state.ErrLeaseLost):
 		out.Kind = Held
 	case errors.Is(err, ErrInterrupted):

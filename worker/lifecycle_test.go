@@ -2,10 +2,14 @@ package worker
 
 import (
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/predworker/predworker/state"
+	"github.com/predworker/predworker/systems"
+	"github.com/predworker/predworker/systems/movingavg"
+	"github.com/predworker/predworker/systems/zonematchup"
 )
 
 // Runner.Do is the one lifecycle: every entry point's situation maps to one
@@ -116,5 +120,76 @@ func TestLifecycleOutcomes(t *testing.T) {
 	}
 	if _, err := slow.store.Get(ctx, "late"); !errors.Is(err, state.ErrNotFound) {
 		t.Fatalf("a batch was created while draining: %v", err)
+	}
+}
+
+// A stored batch that asks for a system this process no longer runs (the
+// deploy removed it from SYSTEMS) fails at claim with the system named, in
+// the foreground and in a sweep, and nothing panics.
+func TestBatchNeedingAMissingSystemFailsAtClaim(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil, nil) // moving_average and zone_matchup_v1
+	old := b.engine(t, Config{Owner: "old"})
+	for _, id := range []string{"fg", "swept"} {
+		if _, _, err := old.Submit(t.Context(), id, state.Request{GameDate: "2025-01-15", Players: players(t, 3)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fewer := setup(t, nil, func(r *systems.Registry) { r.Register(movingavg.New(), "") })
+	e, err := New(Config{Owner: "new"}, Deps{Store: b.store, Features: b.features, Sink: b.sink, Registry: fewer.registry})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := NewRunner(e)
+	t.Cleanup(func() { r.Drain(5 * time.Second) })
+	out, err := r.Do(t.Context(), Job{BatchID: "fg", Here: true})
+	var missing *MissingSystemsError
+	if err != nil || out.Kind != Failed || !errors.As(out.Err, &missing) || missing.Missing[0] != zonematchup.ID {
+		t.Fatalf("run of a batch needing a missing system: %+v, %v", out, err)
+	}
+	if _, err := r.Sweep(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool {
+		got, err := b.store.Get(t.Context(), "swept")
+		return err == nil && got.Status == state.StatusFailed && strings.Contains(got.Error, zonematchup.ID)
+	})
+	if n := len(b.rows(t, "fg")) + len(b.rows(t, "swept")); n != 0 {
+		t.Fatalf("%d rows written for batches that could not run", n)
+	}
+}
+
+// MAX_RUNNING_BATCHES caps the batches one process runs: a job beyond it
+// starts nothing (the batch waits, pending, for room), and a sweep claims
+// only as many orphans as there is room for.
+func TestMaxRunningBatches(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil, nil)
+	gate := &gatedFeatures{FeatureSource: b.features, free: 0, entered: make(chan struct{}, 8), gate: make(chan struct{})}
+	e, err := New(Config{Owner: "here", MaxRunning: 2}, Deps{Store: b.store, Features: gate, Sink: b.sink, Registry: b.registry})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := NewRunner(e)
+	t.Cleanup(func() { close(gate.gate); r.Drain(5 * time.Second) })
+	req := &state.Request{GameDate: "2025-01-15", Players: players(t, 2)}
+	for _, id := range []string{"one", "two"} {
+		if out, err := r.Do(t.Context(), Job{BatchID: id, Request: req}); err != nil || out.Kind != Started {
+			t.Fatalf("%s: %+v, %v", id, out.Kind, err)
+		}
+	}
+	out, err := r.Do(t.Context(), Job{BatchID: "three", Request: req})
+	if err != nil || out.Kind != AtCapacity || !out.Created {
+		t.Fatalf("third batch: %+v, %v; want created and at capacity", out.Kind, err)
+	}
+	got, err := b.store.Get(t.Context(), "three")
+	if err != nil || got.Status != state.StatusPending || got.Lease.Epoch != 0 {
+		t.Fatalf("third batch after the refusal: %s epoch %d, %v; want pending and never claimed", got.Status, got.Lease.Epoch, err)
+	}
+	if ids, err := r.Sweep(t.Context()); err != nil || len(ids) != 0 {
+		t.Fatalf("sweep while full started %v, %v", ids, err)
+	}
+	if len(r.Active()) != 2 {
+		t.Fatalf("%d batches running, want 2", len(r.Active()))
 	}
 }

@@ -98,7 +98,14 @@ func (e *Engine) RunClaimed(ctx context.Context, b state.Batch, opts RunOptions)
 	defer r.guard.stop()
 	var hb sync.WaitGroup
 	ticker := e.clock.NewTicker(e.cfg.HeartbeatInterval) // created here so the first tick is one interval after the claim
-	hb.Go(func() { e.heartbeat(r.ctx, r.cancel, ticker, b.ID, r.guard, log) })
+	hb.Go(func() {
+		defer func() { // a panic here must stop this run, not the process
+			if v := recover(); v != nil {
+				r.cancel(fmt.Errorf("heartbeat of %s: %w", b.ID, newPanicError(v)))
+			}
+		}()
+		e.heartbeat(r.ctx, r.cancel, ticker, b.ID, r.guard, log)
+	})
 	defer hb.Wait()
 	defer r.cancel(nil) // runs before hb.Wait: stops the heartbeat
 
@@ -107,7 +114,22 @@ func (e *Engine) RunClaimed(ctx context.Context, b state.Batch, opts RunOptions)
 			out, err = r.b, e.fail(ctx, r.b, r.guard.lease(), newPanicError(v), log)
 		}
 	}()
+	if missing := e.missingSystems(b); len(missing) > 0 {
+		return r.b, e.fail(ctx, r.b, r.guard.lease(), &MissingSystemsError{Missing: missing, Running: e.registry.IDs()}, log)
+	}
 	return e.loop(ctx, r, opts)
+}
+
+// missingSystems lists the systems b asks for that this engine does not run
+// (a deploy removed them from SYSTEMS after the batch was created).
+func (e *Engine) missingSystems(b state.Batch) []string {
+	var out []string
+	for _, id := range b.Request.Systems {
+		if !e.registry.Has(id) {
+			out = append(out, id)
+		}
+	}
+	return out
 }
 
 // loop runs the chunks from the checkpoint, then completes the batch.
@@ -156,9 +178,15 @@ func (e *Engine) complete(r *run) error {
 	now := e.clock.Now()
 	r.b.Status, r.b.CompletedAt, r.b.Lease = state.StatusCompleted, now, state.Lease{Epoch: lease.Epoch}
 	e.metrics.BatchesFinished.WithLabelValues(string(state.StatusCompleted)).Inc()
-	r.log.Info("batch completed", logging.Event(logging.EventBatchCompleted), slog.Int("predictions", b.Predictions),
+	attrs := []any{logging.Event(logging.EventBatchCompleted), slog.Int("predictions", b.Predictions),
 		slog.Int("fallbacks", b.Fallbacks), slog.Int("failed_items", b.FailedItems),
-		slog.Int64("duration_ms", now.Sub(b.CreatedAt).Milliseconds()))
+		slog.Int64("duration_ms", now.Sub(b.CreatedAt).Milliseconds())}
+	if w := r.b.Warning(state.StatusCompleted); w != "" {
+		r.log.Warn("batch completed without a single prediction: every row is a failure record",
+			append(attrs, slog.String("warning", w))...)
+		return nil
+	}
+	r.log.Info("batch completed", attrs...)
 	return nil
 }
 

@@ -14,6 +14,9 @@ import (
 // errRunningHere: the batch is already running in this process.
 var errRunningHere = errors.New("batch is already running in this process")
 
+// errAtCapacity: this process runs MaxRunning batches already.
+var errAtCapacity = errors.New("this instance runs as many batches as it may (MAX_RUNNING_BATCHES)")
+
 // Runner owns the batches a process runs, in the background or in a
 // caller's goroutine: it starts them (Do, in lifecycle.go), sweeps for
 // orphans, and drains them on shutdown. Every goroutine it starts is waited
@@ -63,19 +66,31 @@ func (r *Runner) isActive(id string) bool {
 	return r.active[id]
 }
 
-// admit registers a run of a claimed batch. When the runner is draining, or
-// the batch already runs here, it releases the claim instead and says why.
+// room is how many more batches this process may run now.
+func (r *Runner) room() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.engine.cfg.MaxRunning - len(r.active)
+}
+
+// admit registers a run of a claimed batch. When the runner is draining, the
+// batch already runs here, or MaxRunning batches do, it releases the claim
+// instead and says why.
 func (r *Runner) admit(ctx context.Context, b state.Batch) error {
 	r.mu.Lock()
-	if !r.draining && !r.active[b.ID] {
+	var why error
+	switch {
+	case r.draining:
+		why = ErrDraining
+	case r.active[b.ID]:
+		why = errRunningHere
+	case len(r.active) >= r.engine.cfg.MaxRunning:
+		why = errAtCapacity
+	default:
 		r.active[b.ID] = true
 		r.wg.Add(1)
 		r.mu.Unlock()
 		return nil
-	}
-	why := errRunningHere
-	if r.draining {
-		why = ErrDraining
 	}
 	r.mu.Unlock()
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
@@ -103,6 +118,12 @@ func (r *Runner) start(ctx context.Context, b state.Batch) error {
 	runCtx := logging.WithLogger(r.hardCtx, logging.FromContext(ctx, r.log))
 	go func() {
 		defer r.done(b.ID)
+		defer func() { // no background run may end the process
+			if v := recover(); v != nil {
+				logging.FromContext(runCtx, r.log).Error("background run panicked", slog.String("batch_id", b.ID),
+					ErrorAttrs(newPanicError(v)))
+			}
+		}()
 		_, err := r.engine.RunClaimed(runCtx, b, RunOptions{Stop: r.soft})
 		var failed *BatchFailedError
 		switch {
@@ -138,12 +159,18 @@ func (r *Runner) Sweep(ctx context.Context) ([]string, error) {
 	if r.Draining() {
 		return nil, ErrDraining
 	}
+	if r.room() <= 0 {
+		return nil, nil // full: the orphans wait for an instance with room
+	}
 	orphans, err := r.orphans(ctx)
 	if err != nil {
 		return nil, err
 	}
 	var started []string
 	for _, o := range orphans {
+		if r.room() <= 0 {
+			break
+		}
 		if r.isActive(o.ID) {
 			continue
 		}
@@ -154,7 +181,7 @@ func (r *Runner) Sweep(ctx context.Context) ([]string, error) {
 		case err != nil:
 			return started, err
 		}
-		if err := r.start(ctx, b); errors.Is(err, errRunningHere) {
+		if err := r.start(ctx, b); errors.Is(err, errRunningHere) || errors.Is(err, errAtCapacity) {
 			continue
 		} else if err != nil {
 			return started, err
@@ -191,11 +218,7 @@ func (r *Runner) SweepLoop(ctx context.Context) {
 	t := r.engine.clock.NewTicker(r.engine.cfg.SweepInterval)
 	defer t.Stop()
 	for {
-		if ids, err := r.Sweep(ctx); err != nil && !errors.Is(err, ErrDraining) && ctx.Err() == nil {
-			r.log.Warn("sweep failed", WarnAttrs(err))
-		} else if len(ids) > 0 {
-			r.log.Info("resumed orphaned batches", slog.Any("batch_ids", ids))
-		}
+		r.sweepOnce(ctx)
 		select {
 		case <-ctx.Done():
 			return
@@ -203,6 +226,21 @@ func (r *Runner) SweepLoop(ctx context.Context) {
 			return
 		case <-t.Chan():
 		}
+	}
+}
+
+// sweepOnce is one pass of the sweeper; a panic in it is logged and the
+// next pass comes as usual.
+func (r *Runner) sweepOnce(ctx context.Context) {
+	defer func() {
+		if v := recover(); v != nil {
+			r.log.Error("sweep panicked", ErrorAttrs(newPanicError(v)))
+		}
+	}()
+	if ids, err := r.Sweep(ctx); err != nil && !errors.Is(err, ErrDraining) && ctx.Err() == nil {
+		r.log.Warn("sweep failed", WarnAttrs(err))
+	} else if len(ids) > 0 {
+		r.log.Info("resumed orphaned batches", slog.Any("batch_ids", ids))
 	}
 }
 

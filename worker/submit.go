@@ -98,15 +98,19 @@ func (e *Engine) Submit(ctx context.Context, id string, r state.Request) (state.
 	} else {
 		stored.Systems = systems.SortedUnique(r.Systems)
 	}
+	// The date is checked against the feature source even when the request
+	// names its players: a date outside the season or without games is
+	// refused here, not discovered as a batch of failure records.
+	slate, err := e.features.Slate(ctx, r.GameDate)
+	switch {
+	case errors.Is(err, systems.ErrNoGames), errors.Is(err, systems.ErrUnknownDate):
+		return state.Batch{}, false, &InputError{Field: "game_date", Message: err.Error(), Err: err}
+	case err != nil:
+		return state.Batch{}, false, fmt.Errorf("load slate of %s: %w", r.GameDate, err)
+	}
 	items := stored.Players
 	if len(items) == 0 {
-		items, err = e.features.Slate(ctx, r.GameDate)
-		switch {
-		case errors.Is(err, systems.ErrNoGames), errors.Is(err, systems.ErrUnknownDate):
-			return state.Batch{}, false, &InputError{Field: "game_date", Message: err.Error(), Err: err}
-		case err != nil:
-			return state.Batch{}, false, fmt.Errorf("load slate of %s: %w", r.GameDate, err)
-		}
+		items = slate
 	}
 	b, created, err := e.store.Create(ctx, state.Batch{ID: id, Request: stored, Fingerprint: fp, Items: items})
 	if err != nil {

@@ -252,8 +252,14 @@ func serve(ctx context.Context, stopSignals func(), cfg *Config, log *slog.Logge
 	srv := &http.Server{
 		Handler: api.New(api.Options{Runner: a.runner, Store: a.store, Predictions: a.reader,
 			Metrics: promhttp.HandlerFor(a.registry, promhttp.HandlerOpts{}), Logger: log, Project: cfg.Project,
-			DeadLetters: a.deadLetters, PushBudget: cfg.PushBudget, MaxAttempts: cfg.MaxAttempts, Auth: auth, Continuer: a.continuer}).Handler(),
-		ReadHeaderTimeout: 10 * time.Second,
+			DeadLetters: a.deadLetters, PushBudget: cfg.PushBudget, MaxAttempts: cfg.MaxAttempts, Auth: auth,
+			Continuer: a.continuer, WriteTimeout: cfg.HTTPWriteTimeout}).Handler(),
+		// A client that trickles its request, or never reads its answer,
+		// holds a connection for a bounded time. The write deadline is set
+		// per request by the api package (longer for a push's run).
+		ReadHeaderTimeout: min(10*time.Second, cfg.HTTPReadTimeout),
+		ReadTimeout:       cfg.HTTPReadTimeout,
+		IdleTimeout:       cfg.HTTPIdleTimeout,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 	ln, err := net.Listen("tcp", net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port)))

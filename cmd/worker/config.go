@@ -28,6 +28,13 @@ type Config struct {
 	Port    int    `env:"PORT, default=8080"`
 	Host    string `env:"HOST"`
 	Service string `env:"K_SERVICE"` // set by Cloud Run
+	// HTTP server deadlines: reading a whole request (headers and body),
+	// writing an answer (the push endpoint gets PUSH_BUDGET more; a
+	// predictions stream gets this much per page), and keeping an idle
+	// connection.
+	HTTPReadTimeout  time.Duration `env:"HTTP_READ_TIMEOUT, default=30s"`
+	HTTPWriteTimeout time.Duration `env:"HTTP_WRITE_TIMEOUT, default=60s"`
+	HTTPIdleTimeout  time.Duration `env:"HTTP_IDLE_TIMEOUT, default=120s"`
 
 	DataDir        string `env:"DATA_DIR, default=./data"`
 	StateStore     string `env:"STATE_STORE, default=sqlite"`
@@ -85,6 +92,10 @@ type Config struct {
 	OperatorEmails       []string `env:"OPERATOR_EMAILS"`
 	OperatorToken        string   `env:"OPERATOR_TOKEN"`
 	AllowUnauthenticated bool     `env:"ALLOW_UNAUTHENTICATED, default=false"`
+	// AllowEmbeddedOnCloudRun lets the service start on Cloud Run with
+	// SQLite state or predictions, which live on the instance's in-memory
+	// disk and vanish with it (demos only).
+	AllowEmbeddedOnCloudRun bool `env:"ALLOW_EMBEDDED_ON_CLOUD_RUN, default=false"`
 
 	LogLevel  string `env:"LOG_LEVEL, default=info"`
 	LogFormat string `env:"LOG_FORMAT, default=json"`
@@ -149,13 +160,16 @@ func (c *Config) validate() error {
 			c.Host = "0.0.0.0"
 		}
 	}
-	for _, check := range []func() error{c.validateServer, c.validateBackends, c.validateAuth, c.validateSystems} {
+	for _, check := range []func() error{c.validateServer, c.validateBackends, c.validateAuth, c.validateCloudRun, c.validateSystems} {
 		if err := check(); err != nil {
 			return err
 		}
 	}
 	if c.Concurrency == 0 {
 		c.Concurrency = worker.DefaultConcurrency()
+	}
+	if c.MaxRunning == 0 {
+		c.MaxRunning = worker.DefaultMaxRunning()
 	}
 	return nil
 }
@@ -164,6 +178,8 @@ func (c *Config) validateServer() error {
 	switch {
 	case c.Port < 0 || c.Port > 65535:
 		return fmt.Errorf("PORT must be from 0 to 65535 (got %d)", c.Port)
+	case c.HTTPReadTimeout <= 0 || c.HTTPWriteTimeout <= 0 || c.HTTPIdleTimeout <= 0:
+		return fmt.Errorf("HTTP_READ_TIMEOUT, HTTP_WRITE_TIMEOUT and HTTP_IDLE_TIMEOUT must be positive durations")
 	case c.DrainTimeout > 9*time.Second && c.Service != "":
 		return fmt.Errorf("DRAIN_TIMEOUT must be under 10s on Cloud Run, which kills 10s after SIGTERM (got %s)", c.DrainTimeout)
 	case c.PushBudget <= 0 || c.PushBudget > 600*time.Second:
@@ -253,6 +269,23 @@ func (c *Config) validateAuth() error {
 	return nil
 }
 
+// validateCloudRun refuses the embedded backends on Cloud Run: an instance's
+// disk is memory, lost when the instance is recycled, while Firestore (or
+// another instance) would consider the chunks written there done.
+func (c *Config) validateCloudRun() error {
+	if c.Service == "" || c.AllowEmbeddedOnCloudRun {
+		return nil
+	}
+	for _, b := range [][2]string{{"STATE_STORE", c.StateStore}, {"PREDICTION_SINK", c.PredictionSink}} {
+		if b[1] == "sqlite" {
+			return fmt.Errorf("on Cloud Run (K_SERVICE is set) %s=sqlite keeps data on the instance's in-memory disk, "+
+				"which is lost when the instance is recycled: use STATE_STORE=firestore and PREDICTION_SINK=bigquery, "+
+				"or set ALLOW_EMBEDDED_ON_CLOUD_RUN=true for a demo", b[0])
+		}
+	}
+	return nil
+}
+
 // validateSystems checks every setting that names systems against the
 // systems this build has and the ones SYSTEMS enables, and the engine's
 // settings, before anything is opened or loaded.
@@ -302,6 +335,8 @@ func (c *Config) engineConfig() worker.Config {
 func (c *Config) LogValue() slog.Value {
 	return slog.GroupValue(
 		slog.String("host", c.Host), slog.Int("port", c.Port), slog.String("data_dir", c.DataDir),
+		slog.String("http_read_timeout", c.HTTPReadTimeout.String()), slog.String("http_write_timeout", c.HTTPWriteTimeout.String()),
+		slog.String("http_idle_timeout", c.HTTPIdleTimeout.String()),
 		slog.String("state_store", c.StateStore), slog.String("project", c.Project),
 		slog.String("firestore_database", c.FirestoreDatabase), slog.String("firestore_prefix", c.FirestorePrefix),
 		slog.String("feature_source", c.FeatureSource), slog.String("prediction_sink", c.PredictionSink),
@@ -310,6 +345,7 @@ func (c *Config) LogValue() slog.Value {
 		slog.String("system_thresholds", c.SystemThresholds.String()), slog.String("model_path", c.ModelPath),
 		slog.Bool("push_auth", c.PushAudience != ""), slog.Bool("operator_oidc", c.OperatorAudience != ""),
 		slog.Bool("operator_token", c.OperatorToken != ""), slog.Bool("allow_unauthenticated", c.AllowUnauthenticated),
+		slog.Bool("allow_embedded_on_cloud_run", c.AllowEmbeddedOnCloudRun),
 		slog.String("push_budget", c.PushBudget.String()), slog.Int("max_delivery_attempts", c.MaxAttempts),
 		slog.String("bigquery_timeout", c.BigQueryTimeout.String()),
 	)

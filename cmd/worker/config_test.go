@@ -27,7 +27,7 @@ func TestConfigDefaults(t *testing.T) {
 		c.SystemTimeout != 2*time.Second || c.LogFormat != "json" || c.LogLevel != "info" {
 		t.Fatalf("defaults = %+v", c)
 	}
-	c, err = LoadConfig(t.Context(), envconfig.MapLookuper(map[string]string{"K_SERVICE": "predworker",
+	c, err = LoadConfig(t.Context(), envconfig.MapLookuper(map[string]string{"K_SERVICE": "predworker", "ALLOW_EMBEDDED_ON_CLOUD_RUN": "true",
 		"PUSH_AUDIENCE": "https://svc/pubsub/push", "PUSH_SERVICE_ACCOUNTS": "push@p.iam.gserviceaccount.com",
 		"OPERATOR_TOKEN": "0123456789abcdef0123"}))
 	if err != nil || c.Host != "0.0.0.0" {
@@ -63,6 +63,9 @@ func TestConfigRejects(t *testing.T) {
 		{map[string]string{"K_SERVICE": "x", "DRAIN_TIMEOUT": "12s", "ALLOW_UNAUTHENTICATED": "true"}, "DRAIN_TIMEOUT"},
 		{map[string]string{"K_SERVICE": "x"}, "need authentication"},
 		{map[string]string{"K_SERVICE": "x", "PUSH_AUDIENCE": "https://a", "PUSH_SERVICE_ACCOUNTS": "sa@p.iam.gserviceaccount.com"}, "need authentication"},
+		// On Cloud Run an instance's disk is memory: the embedded backends lose data.
+		{map[string]string{"K_SERVICE": "x", "ALLOW_UNAUTHENTICATED": "true"}, "STATE_STORE=sqlite keeps data on the instance's in-memory disk"},
+		{map[string]string{"K_SERVICE": "x", "ALLOW_UNAUTHENTICATED": "true", "STATE_STORE": "firestore", "GOOGLE_CLOUD_PROJECT": "p"}, "PREDICTION_SINK=sqlite keeps data"},
 		{map[string]string{"PUSH_AUDIENCE": "https://a"}, "PUSH_SERVICE_ACCOUNTS"},
 		{map[string]string{"OPERATOR_EMAILS": "a@b.c"}, "OPERATOR_AUDIENCE"},
 		{map[string]string{"OPERATOR_TOKEN": "short"}, "OPERATOR_TOKEN"},

@@ -2,6 +2,7 @@
 //
 //	worker [serve]                      HTTP service (the default)
 //	worker run --date 2025-01-15 …      one batch in the foreground
+//	worker resume BATCH_ID [--force]    resume a batch in the foreground
 //	worker status BATCH_ID              a batch's status as JSON
 //	worker score --from … --to …        MAE and hit rate per system
 //
@@ -16,6 +17,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/sethvargo/go-envconfig"
@@ -44,14 +46,38 @@ type usageError struct{ msg string }
 
 func (u usageError) Error() string { return u.msg }
 
-const usage = `usage:
-  worker [serve]                       run the HTTP service
-  worker run --date YYYY-MM-DD [--players a,b] [--systems x,y] [--batch-id ID] [--chunk-size N]
-                                       run one batch in the foreground; rerun to resume
-  worker status BATCH_ID               print a batch's status as JSON
-  worker score --batch-id ID | --from DATE --to DATE
-                                       score predictions against the synthetic league's actual points
-configuration is read from the environment; see the README`
+// commandUsage is each command's help; `worker CMD --help` prints it, exits
+// 0 and touches nothing (no configuration read, no data directory made).
+var commandUsage = map[string]string{
+	"serve": `worker [serve]
+    run the HTTP service (configuration from the environment; see the README)`,
+	"run": `worker run --date YYYY-MM-DD [--players a,b] [--systems x,y] [--batch-id ID] [--chunk-size N]
+    run one batch in the foreground; run the same command again to resume it.
+    Exits 0 only when the batch completed with at least one prediction.`,
+	"resume": `worker resume BATCH_ID [--force]
+    resume a stopped, failed or orphaned batch in the foreground; --force takes it
+    over from a live owner (the old owner is fenced). Exits 0 only when it completed.`,
+	"status": `worker status BATCH_ID
+    print a batch's status as JSON`,
+	"score": `worker score --batch-id ID | --from DATE --to DATE
+    score predictions against the synthetic league's actual points`,
+}
+
+var usage = "usage:\n  " + strings.Join([]string{commandUsage["serve"], commandUsage["run"], commandUsage["resume"],
+	commandUsage["status"], commandUsage["score"]}, "\n  ") + "\nconfiguration is read from the environment; see the README"
+
+// wantsHelp reports whether args ask for help (-h, -help, --help).
+func wantsHelp(args []string) bool {
+	for _, a := range args {
+		switch a {
+		case "-h", "-help", "--help":
+			return true
+		case "--":
+			return false
+		}
+	}
+	return false
+}
 
 // realMain runs a subcommand. stopSignals restores default signal handling
 // (so a second SIGTERM kills at once) once a drain has started.
@@ -60,13 +86,15 @@ func realMain(ctx context.Context, stopSignals func(), args []string, stdout, st
 	if len(args) > 0 {
 		cmd, args = args[0], args[1:]
 	}
-	switch cmd {
-	case "-h", "--help", "help":
+	switch {
+	case cmd == "-h" || cmd == "--help" || cmd == "-help" || cmd == "help":
 		_, err := fmt.Fprintln(stdout, usage)
 		return err
-	case "serve", "run", "status", "score":
-	default:
+	case commandUsage[cmd] == "":
 		return usageError{fmt.Sprintf("unknown command %q\n%s", cmd, usage)}
+	case wantsHelp(args):
+		_, err := fmt.Fprintln(stdout, "usage:\n  "+commandUsage[cmd])
+		return err
 	}
 	cfg, err := LoadConfig(ctx, envconfig.OsLookuper())
 	if err != nil {
@@ -75,6 +103,8 @@ func realMain(ctx context.Context, stopSignals func(), args []string, stdout, st
 	switch cmd {
 	case "run":
 		return runCommand(ctx, stopSignals, cfg, args, stdout, stderr)
+	case "resume":
+		return resumeCommand(ctx, stopSignals, cfg, args, stdout, stderr)
 	case "status":
 		return statusCommand(ctx, cfg, args, stdout, stderr)
 	case "score":

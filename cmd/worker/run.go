@@ -88,6 +88,37 @@ func runCommand(ctx context.Context, stopSignals func(), cfg *Config, args []str
 	if err != nil {
 		return err
 	}
+	return foreground(ctx, stopSignals, cfg, worker.Job{BatchID: flags.batchID, Request: &flags.req}, "run", stdout, stderr)
+}
+
+// resumeCommand resumes a stopped, failed or orphaned batch in the
+// foreground; --force takes it over from a live owner.
+func resumeCommand(ctx context.Context, stopSignals func(), cfg *Config, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("resume", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	force := fs.Bool("force", false, "take the batch over even when another owner's lease is live (the old owner is fenced)")
+	var id string
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		id, args = args[0], args[1:]
+	}
+	if err := fs.Parse(args); err != nil {
+		return usageError{err.Error()}
+	}
+	if id == "" && fs.NArg() == 1 {
+		id = fs.Arg(0)
+	} else if fs.NArg() > 0 || id == "" {
+		return usageError{"resume: want exactly one batch id\n" + commandUsage["resume"]}
+	}
+	if err := worker.ValidateBatchID(id); err != nil {
+		return usageError{"resume: " + err.Error()}
+	}
+	return foreground(ctx, stopSignals, cfg, worker.Job{BatchID: id, Reopen: true, Force: *force}, "resume", stdout, stderr)
+}
+
+// foreground runs job here, showing progress, waiting for another owner's
+// lease when it must. It returns nil only when the batch completed with at
+// least one prediction.
+func foreground(ctx context.Context, stopSignals func(), cfg *Config, job worker.Job, cmd string, stdout, stderr io.Writer) error {
 	tty := isTerminal(stderr)
 	log, err := newLogger(cfg, stderr, tty && os.Getenv("LOG_LEVEL") == "")
 	if err != nil {
@@ -105,11 +136,11 @@ func runCommand(ctx context.Context, stopSignals func(), cfg *Config, args []str
 		_, err := a.engine.DispatchOutbox(ctx, a.publisher)
 		return err
 	}}
-	job := worker.Job{BatchID: flags.batchID, Request: &flags.req, Here: true, OnClaimed: v.claimed, OnProgress: v.progress}
+	job.Here, job.OnClaimed, job.OnProgress = true, v.claimed, v.progress
 	for {
 		out, err := a.runner.Do(runCtx, job)
 		if worker.Classify(err) == worker.ClassValidation {
-			return usageError{fmt.Sprintf("run: %s", err.Error())}
+			return usageError{fmt.Sprintf("%s: %s", cmd, err.Error())}
 		}
 		if err != nil {
 			return err
@@ -155,28 +186,39 @@ func (v *runView) claimed(b state.Batch) {
 
 func (v *runView) progress(b state.Batch) { v.prog.update(b) }
 
-// end reports how the run ended: nil only for a completed batch or one that
-// had finished before.
+// end reports how the run ended: nil only for a batch that completed (now
+// or before) with at least one prediction.
 func (v *runView) end(out worker.Outcome) error {
 	b := out.Batch
 	v.describe(b)
 	if v.prog != nil {
 		v.prog.finish()
 	}
+	took := time.Duration(0)
 	switch {
-	case (out.Kind == worker.Completed || out.Kind == worker.Failed) && !v.ran:
+	case out.Kind == worker.AtCapacity:
+		return fmt.Errorf("batch %s not started: this process runs as many batches as MAX_RUNNING_BATCHES allows", b.ID)
+	case out.Kind != worker.Completed && out.Kind != worker.Failed:
+		// interrupted or draining: progress is kept and the lease released
+		return fmt.Errorf("stopped at chunk %d of %d; run the same command again to resume", b.DoneChunks, b.TotalChunks())
+	case !v.ran:
 		fmt.Fprintf(v.stderr, "already %s\n", b.Status)
-		return summary(v.stdout, b, 0)
 	case out.Kind == worker.Completed:
+		took = time.Since(v.start)
 		if err := v.publish(); err != nil {
 			fmt.Fprintf(v.stderr, "completion event not published yet (the service's outbox will): %v\n", err)
 		}
-		return summary(v.stdout, b, time.Since(v.start))
-	case out.Kind == worker.Failed:
-		return &worker.BatchFailedError{Err: out.Err}
 	}
-	// interrupted or draining: progress is kept and the lease released
-	return fmt.Errorf("stopped at chunk %d of %d; run the same command again to resume", b.DoneChunks, b.TotalChunks())
+	if err := summary(v.stdout, b, took); err != nil {
+		return err
+	}
+	switch {
+	case out.Kind == worker.Failed:
+		return fmt.Errorf("batch %s failed: %s (after fixing the cause: worker resume %s)", b.ID, b.Error, b.ID)
+	case b.Predictions == 0:
+		return fmt.Errorf("batch %s completed without a single prediction: every row is a failure record (see failure_reason)", b.ID)
+	}
+	return nil
 }
 
 // waitForLease tells the user whose lease it waits for, and sleeps until it
@@ -248,7 +290,7 @@ func (p *progress) finish() {
 
 func statusCommand(ctx context.Context, cfg *Config, args []string, stdout, stderr io.Writer) error {
 	if len(args) != 1 {
-		return usageError{"status: want exactly one batch id"}
+		return usageError{"status: want exactly one batch id\n" + commandUsage["status"]}
 	}
 	if err := worker.ValidateBatchID(args[0]); err != nil {
 		return usageError{"status: " + err.Error()}

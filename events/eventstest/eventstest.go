@@ -3,6 +3,7 @@
 package eventstest
 
 import (
+	"bytes"
 	"errors"
 	"sync"
 	"testing"
@@ -60,12 +61,27 @@ func Run(t *testing.T, s events.DeadLetters) {
 	if got, err := s.Get(ctx, d.ID); err != nil || got.PublishedAt == nil {
 		t.Fatalf("after MarkPublished: %+v, %v", got, err)
 	}
+	// The largest dead letter a push can produce fits (a 1 MiB body is cut
+	// to MaxRaw, with its size and hash kept).
+	var big events.DeadLetter
+	big.ID, big.Class, big.Error, big.MessageID = events.DeadLetterID("big", nil), "validation", "too big", "big"
+	big.SetRaw(bytes.Repeat([]byte("x"), 1<<20))
+	if _, err := s.Put(ctx, big); err != nil {
+		t.Fatalf("Put of a dead letter with a 1 MiB body: %v", err)
+	}
+	if got, err := s.Get(ctx, big.ID); err != nil || len(got.Raw) != events.MaxRaw || got.RawSize != 1<<20 ||
+		got.RawSHA256 != big.RawSHA256 || !got.Truncated() {
+		t.Fatalf("big dead letter read back: %d bytes of %d, sha %q, %v", len(got.Raw), got.RawSize, got.RawSHA256, err)
+	}
+	if err := s.MarkPublished(ctx, big.ID); err != nil { // published, so List below sees two of interest
+		t.Fatal(err)
+	}
 	// Newest first.
 	d2 := events.DeadLetter{ID: events.DeadLetterID("m3", nil), Class: "internal", Error: "boom", MessageID: "m3", Raw: []byte("x")}
 	if _, err := s.Put(ctx, d2); err != nil {
 		t.Fatal(err)
 	}
-	if list, err := s.List(ctx, 10); err != nil || len(list) != 2 || list[0].ID != d2.ID {
+	if list, err := s.List(ctx, 10); err != nil || len(list) != 3 || list[0].ID != d2.ID {
 		t.Fatalf("List after a second dead letter = %v, %v", list, err)
 	}
 }

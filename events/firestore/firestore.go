@@ -51,6 +51,8 @@ type doc struct {
 	Attempt      int64      `firestore:"attempt"`
 	BatchID      string     `firestore:"batch_id"`
 	Raw          []byte     `firestore:"raw"`
+	RawSize      int64      `firestore:"raw_size"`
+	RawSHA256    string     `firestore:"raw_sha256"`
 	CreatedAt    time.Time  `firestore:"created_at"`
 	Retries      int64      `firestore:"retries"`
 	RetriedAt    *time.Time `firestore:"retried_at"`
@@ -82,6 +84,7 @@ func (s *Store) ref(id string) *firestore.DocumentRef {
 func (d *doc) deadLetter() events.DeadLetter {
 	return events.DeadLetter{ID: d.ID, Class: d.Class, Error: d.Error, MessageID: d.MessageID,
 		Subscription: d.Subscription, Attempt: int(d.Attempt), BatchID: d.BatchID, Raw: d.Raw,
+		RawSize: int(d.RawSize), RawSHA256: d.RawSHA256,
 		CreatedAt: d.CreatedAt.UTC(), Retries: int(d.Retries), RetriedAt: d.RetriedAt, PublishedAt: d.PublishedAt}
 }
 
@@ -93,7 +96,8 @@ func (s *Store) Put(ctx context.Context, d events.DeadLetter) (bool, error) {
 		d.CreatedAt = time.Now()
 	}
 	_, err := s.ref(d.ID).Create(ctx, &doc{ID: d.ID, Class: d.Class, Error: d.Error, MessageID: d.MessageID,
-		Subscription: d.Subscription, Attempt: int64(d.Attempt), BatchID: d.BatchID, Raw: d.Raw, CreatedAt: d.CreatedAt})
+		Subscription: d.Subscription, Attempt: int64(d.Attempt), BatchID: d.BatchID, Raw: d.Raw,
+		RawSize: int64(d.RawSize), RawSHA256: d.RawSHA256, CreatedAt: d.CreatedAt})
 	switch status.Code(err) {
 	case codes.OK:
 		return true, nil

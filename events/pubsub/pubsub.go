@@ -7,11 +7,14 @@ package pubsub
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
 
 	"cloud.google.com/go/pubsub/v2"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/predworker/predworker/events"
 )
@@ -53,7 +56,8 @@ func (p *Publisher) PublishEvent(ctx context.Context, ev events.Event) error {
 // attributes.
 func (p *Publisher) PublishDeadLetter(ctx context.Context, d events.DeadLetter) error {
 	return p.publish(ctx, p.dead, &pubsub.Message{Data: d.Raw, Attributes: map[string]string{
-		"dead_letter_id": d.ID, "error_class": d.Class, "error": truncate(d.Error, 1024),
+		"dead_letter_id": d.ID, "error_class": d.Class, "error": events.TruncateUTF8(d.Error, 1024),
+		"raw_size": strconv.Itoa(d.RawSize), "raw_sha256": d.RawSHA256,
 		"message_id": d.MessageID, "attempt": strconv.Itoa(d.Attempt), "batch_id": d.BatchID,
 		"subscription": d.Subscription,
 	}})
@@ -63,16 +67,26 @@ func (p *Publisher) publish(ctx context.Context, t *pubsub.Publisher, m *pubsub.
 	ctx, cancel := context.WithTimeout(ctx, p.timeout)
 	defer cancel()
 	if _, err := t.Publish(ctx, m).Get(ctx); err != nil {
-		return fmt.Errorf("publish to %s: %w", t.String(), err)
+		return translate("publish to "+t.String(), err)
 	}
 	return nil
 }
 
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
+// translate names the operation and turns gRPC codes into the events
+// sentinels: a missing topic, a missing permission or an invalid message is
+// ErrRejected (retrying cannot help); a server that cannot be reached in
+// time is ErrUnavailable. Nothing above this package reads gRPC codes.
+func translate(op string, err error) error {
+	switch status.Code(err) {
+	case codes.NotFound, codes.PermissionDenied, codes.InvalidArgument, codes.FailedPrecondition, codes.Unauthenticated:
+		return fmt.Errorf("%s: %w: %w", op, events.ErrRejected, err)
+	case codes.Unavailable, codes.DeadlineExceeded, codes.ResourceExhausted, codes.Aborted, codes.Internal:
+		return fmt.Errorf("%s: %w: %w", op, events.ErrUnavailable, err)
 	}
-	return s[:n]
+	if errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("%s: %w: %w", op, events.ErrUnavailable, err)
+	}
+	return fmt.Errorf("%s: %w", op, err)
 }
 
 // DeadLetters stores dead letters locally (for listing and re-drive) and
@@ -118,7 +132,7 @@ func (c *Continuer) Continue(ctx context.Context, data []byte, attrs map[string]
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	if _, err := c.topic.Publish(ctx, &pubsub.Message{Data: data, Attributes: attrs}).Get(ctx); err != nil {
-		return fmt.Errorf("publish continuation to %s: %w", c.topic.String(), err)
+		return translate("publish continuation to "+c.topic.String(), err)
 	}
 	return nil
 }

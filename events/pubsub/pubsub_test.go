@@ -4,15 +4,20 @@ import (
 	"context"
 	"encoding/json"
 	"path/filepath"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"cloud.google.com/go/pubsub/v2"
 	"cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
 	"cloud.google.com/go/pubsub/v2/pstest"
 	"google.golang.org/api/option"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	"github.com/predworker/predworker/events"
 	pspub "github.com/predworker/predworker/events/pubsub"
@@ -30,8 +35,30 @@ const project = "p"
 
 func fake(t *testing.T) (*pstest.Server, *pubsub.Client) {
 	t.Helper()
+	return fakeWith(t, nil)
+}
+
+// refuse decides, per published message, the gRPC error the wire answers
+// with instead of the server (nil: let it through).
+type refuse func(*pubsubpb.PublishRequest) error
+
+// fakeWith is fake with a client whose Publish calls pass through refuse.
+func fakeWith(t *testing.T, r refuse) (*pstest.Server, *pubsub.Client) {
+	t.Helper()
 	srv := pstest.NewServer()
-	conn, err := grpc.NewClient(srv.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	if r != nil {
+		opts = append(opts, grpc.WithUnaryInterceptor(func(ctx context.Context, method string, req, reply any,
+			cc *grpc.ClientConn, invoker grpc.UnaryInvoker, o ...grpc.CallOption) error {
+			if pr, ok := req.(*pubsubpb.PublishRequest); ok {
+				if err := r(pr); err != nil {
+					return err
+				}
+			}
+			return invoker(ctx, method, req, reply, cc, o...)
+		}))
+	}
+	conn, err := grpc.NewClient(srv.Addr, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,55 +77,72 @@ func createTopic(t *testing.T, c *pubsub.Client, id string) {
 	}
 }
 
-// A completed batch's event sits in the outbox while Pub/Sub refuses it, and
-// is published exactly once when Pub/Sub accepts it again.
-func TestOutboxSurvivesPublishFailure(t *testing.T) {
-	t.Parallel()
-	srv, client := fake(t)
-	pub := pspub.New(client, "completions", "dead-letters")
-	defer pub.Stop()
-
+// outboxEngine runs two finished batches (one completed, one failed) on an
+// embedded store, so the outbox holds their two events.
+func outboxEngine(t *testing.T) (*worker.Engine, *statesqlite.Store) {
+	t.Helper()
 	dir := t.TempDir()
 	st, err := statesqlite.New(t.Context(), filepath.Join(dir, "state.db"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() { _ = st.Close() }()
+	t.Cleanup(func() { _ = st.Close() })
 	sk, err := sinksqlite.New(t.Context(), filepath.Join(dir, "p.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() { _ = sk.Close() }()
+	t.Cleanup(func() { _ = sk.Close() })
 	reg := systems.NewRegistry()
 	reg.Register(movingavg.New(), "")
 	e, err := worker.New(worker.Config{}, worker.Deps{Store: st, Features: league.Default(), Sink: sk, Registry: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, _, err := e.Submit(t.Context(), "evt", state.Request{GameDate: "2025-01-15", CorrelationID: "corr-9"})
-	if err != nil {
-		t.Fatal(err)
+	for _, id := range []string{"evt", "poison"} {
+		b, _, err := e.Submit(t.Context(), id, state.Request{GameDate: "2025-01-15", Players: []string{"aaronadams"}, CorrelationID: "corr-9"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.Run(t.Context(), b.ID, worker.RunOptions{}); err != nil {
+			t.Fatal(err)
+		}
 	}
-	if _, err := e.Run(t.Context(), b.ID, worker.RunOptions{}); err != nil {
-		t.Fatal(err)
+	return e, st
+}
+
+// A completed batch's event sits in the outbox while Pub/Sub cannot be
+// reached, and is published exactly once when it can again.
+func TestOutboxSurvivesPublishFailure(t *testing.T) {
+	t.Parallel()
+	var down atomic.Bool
+	down.Store(true)
+	srv, client := fakeWith(t, func(*pubsubpb.PublishRequest) error {
+		if down.Load() {
+			return status.Error(codes.Unavailable, "pubsub is down")
+		}
+		return nil
+	})
+	createTopic(t, client, "completions")
+	pub := pspub.New(client, "completions", "dead-letters")
+	defer pub.Stop()
+	e, st := outboxEngine(t)
+	// Pub/Sub is down: publishing fails, nothing is lost.
+	if n, err := e.DispatchOutbox(t.Context(), pub); worker.Classify(err) != worker.ClassUnavailable || n != 0 {
+		t.Fatalf("dispatch while Pub/Sub is down = %d, %v; want an unavailable error", n, err)
 	}
-	// The topic does not exist yet: publishing fails, nothing is lost.
-	if n, err := e.DispatchOutbox(t.Context(), pub); err == nil || n != 0 {
-		t.Fatalf("dispatch to a missing topic = %d, %v; want an error", n, err)
-	}
-	if evs, err := st.Outbox(t.Context(), 10); err != nil || len(evs) != 1 {
+	if evs, err := st.Outbox(t.Context(), 10); err != nil || len(evs) != 2 {
 		t.Fatalf("outbox after the failure: %d events, %v", len(evs), err)
 	}
-	createTopic(t, client, "completions")
-	if n, err := e.DispatchOutbox(t.Context(), pub); err != nil || n != 1 {
+	down.Store(false)
+	if n, err := e.DispatchOutbox(t.Context(), pub); err != nil || n != 2 {
 		t.Fatalf("dispatch after recovery = %d, %v", n, err)
 	}
 	if n, err := e.DispatchOutbox(t.Context(), pub); err != nil || n != 0 {
 		t.Fatalf("second dispatch = %d, %v; want nothing left", n, err)
 	}
 	msgs := srv.Messages()
-	if len(msgs) != 1 {
-		t.Fatalf("%d messages on the topic, want 1", len(msgs))
+	if len(msgs) != 2 {
+		t.Fatalf("%d messages on the topic, want 2", len(msgs))
 	}
 	var ev events.Event
 	if err := json.Unmarshal(msgs[0].Data, &ev); err != nil {
@@ -107,6 +151,33 @@ func TestOutboxSurvivesPublishFailure(t *testing.T) {
 	if ev.Type != "batch_completed" || ev.BatchID != "evt" || ev.CorrelationID != "corr-9" || ev.Predictions == 0 ||
 		msgs[0].Attributes["event_id"] != ev.ID || ev.ID == "" {
 		t.Fatalf("event = %+v, attributes %v", ev, msgs[0].Attributes)
+	}
+}
+
+// An event Pub/Sub refuses for good (no permission, no topic) is taken out
+// of the outbox with the reason and does not block the events behind it.
+func TestOutboxMovesPastARefusedEvent(t *testing.T) {
+	t.Parallel()
+	srv, client := fakeWith(t, func(r *pubsubpb.PublishRequest) error {
+		for _, m := range r.GetMessages() {
+			if m.GetAttributes()["batch_id"] == "evt" { // the older event
+				return status.Error(codes.PermissionDenied, "no permission to publish this")
+			}
+		}
+		return nil
+	})
+	createTopic(t, client, "completions")
+	pub := pspub.New(client, "completions", "dead-letters")
+	defer pub.Stop()
+	e, st := outboxEngine(t)
+	if n, err := e.DispatchOutbox(t.Context(), pub); err != nil || n != 1 {
+		t.Fatalf("dispatch = %d, %v; want the second event delivered past the refused first", n, err)
+	}
+	if evs, err := st.Outbox(t.Context(), 10); err != nil || len(evs) != 0 {
+		t.Fatalf("outbox after the pass holds %+v (%v); want it empty", evs, err)
+	}
+	if msgs := srv.Messages(); len(msgs) != 1 || msgs[0].Attributes["batch_id"] != "poison" {
+		t.Fatalf("published %d messages, want only the second event", len(msgs))
 	}
 }
 
@@ -158,5 +229,31 @@ func TestContinuerPublishes(t *testing.T) {
 	msgs := srv.Messages()
 	if len(msgs) != 1 || msgs[0].Attributes["batch_id"] != "b" || string(msgs[0].Data) != `{"game_date": "2025-01-15"}` {
 		t.Fatalf("continuation messages = %+v", msgs)
+	}
+}
+
+// A dead letter whose error text is long and not ASCII is published with
+// the text cut on a character boundary (attributes must be UTF-8).
+func TestDeadLetterAttributesStayUTF8(t *testing.T) {
+	t.Parallel()
+	srv, client := fake(t)
+	createTopic(t, client, "dead-letters")
+	pub := pspub.New(client, "completions", "dead-letters")
+	defer pub.Stop()
+	// "é" is two bytes; one ASCII byte first puts a character across byte 1024.
+	d := events.DeadLetter{ID: "d2", Class: "validation", Error: "x" + strings.Repeat("é", 2000), MessageID: "m2"}
+	d.SetRaw([]byte(`{}`))
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	if err := pub.PublishDeadLetter(ctx, d); err != nil {
+		t.Fatalf("publish of a dead letter with a long non-ASCII error: %v", err)
+	}
+	msgs := srv.Messages()
+	if len(msgs) != 1 {
+		t.Fatalf("%d messages", len(msgs))
+	}
+	got := msgs[0].Attributes["error"]
+	if !utf8.ValidString(got) || len(got) > 1024 || len(got) < 1020 || msgs[0].Attributes["raw_size"] != "2" {
+		t.Fatalf("error attribute of %d bytes (valid UTF-8: %v), raw_size %q", len(got), utf8.ValidString(got), msgs[0].Attributes["raw_size"])
 	}
 }

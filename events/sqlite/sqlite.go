@@ -47,6 +47,10 @@ func New(ctx context.Context, path string) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := sqlitedb.EnsureColumns(ctx, db, "dead_letters", [][2]string{
+		{"raw_size", "INTEGER NOT NULL DEFAULT 0"}, {"raw_sha256", "TEXT NOT NULL DEFAULT ''"}}); err != nil {
+		return nil, errors.Join(err, db.Close())
+	}
 	return &Store{db: db}, nil
 }
 
@@ -59,8 +63,10 @@ func (s *Store) Put(ctx context.Context, d events.DeadLetter) (bool, error) {
 		d.CreatedAt = time.Now()
 	}
 	res, err := s.db.ExecContext(ctx, `INSERT INTO dead_letters (id, class, error, message_id, subscription,
-		attempt, batch_id, raw, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`,
-		d.ID, d.Class, d.Error, d.MessageID, d.Subscription, d.Attempt, d.BatchID, d.Raw, d.CreatedAt.UnixNano())
+		attempt, batch_id, raw, raw_size, raw_sha256, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (id) DO NOTHING`,
+		d.ID, d.Class, d.Error, d.MessageID, d.Subscription, d.Attempt, d.BatchID, d.Raw, d.RawSize, d.RawSHA256,
+		d.CreatedAt.UnixNano())
 	if err != nil {
 		return false, fmt.Errorf("store dead letter %s: %w", d.ID, err)
 	}
@@ -71,7 +77,8 @@ func (s *Store) Put(ctx context.Context, d events.DeadLetter) (bool, error) {
 	return n == 1, nil
 }
 
-const cols = `id, class, error, message_id, subscription, attempt, batch_id, raw, created_at, retries, retried_at, published_at`
+const cols = `id, class, error, message_id, subscription, attempt, batch_id, raw, raw_size, raw_sha256, created_at,
+	retries, retried_at, published_at`
 
 func scan(sc interface{ Scan(...any) error }) (events.DeadLetter, error) {
 	var (
@@ -79,7 +86,7 @@ func scan(sc interface{ Scan(...any) error }) (events.DeadLetter, error) {
 		created, retried, published int64
 	)
 	err := sc.Scan(&d.ID, &d.Class, &d.Error, &d.MessageID, &d.Subscription, &d.Attempt, &d.BatchID, &d.Raw,
-		&created, &d.Retries, &retried, &published)
+		&d.RawSize, &d.RawSHA256, &created, &d.Retries, &retried, &published)
 	if errors.Is(err, sql.ErrNoRows) {
 		return d, events.ErrNotFound
 	}

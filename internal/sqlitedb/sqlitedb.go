@@ -40,3 +40,36 @@ func Open(ctx context.Context, path, schema string) (*sql.DB, error) {
 	}
 	return db, nil
 }
+
+// EnsureColumns adds to table each column of cols (name → definition) that
+// an older version of the schema lacks. CREATE TABLE IF NOT EXISTS leaves an
+// existing table as it was, so columns added later arrive this way.
+func EnsureColumns(ctx context.Context, db *sql.DB, table string, cols [][2]string) error {
+	have := map[string]bool{}
+	rows, err := db.QueryContext(ctx, `SELECT name FROM pragma_table_info(?)`, table)
+	if err != nil {
+		return fmt.Errorf("columns of %s: %w", table, err)
+	}
+	defer func() { _ = rows.Close() }()
+	for rows.Next() {
+		var name string
+		if err := rows.Scan(&name); err != nil {
+			return fmt.Errorf("columns of %s: %w", table, err)
+		}
+		have[name] = true
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("columns of %s: %w", table, err)
+	}
+	for _, c := range cols {
+		if have[c[0]] {
+			continue
+		}
+		// Identifiers cannot be parameters; table and columns are constants
+		// of the calling package, never input.
+		if _, err := db.ExecContext(ctx, `ALTER TABLE `+table+` ADD COLUMN `+c[0]+` `+c[1]); err != nil {
+			return fmt.Errorf("add column %s.%s: %w", table, c[0], err)
+		}
+	}
+	return nil
+}

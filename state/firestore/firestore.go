@@ -672,10 +672,11 @@ func (s *Store) Outbox(ctx context.Context, limit int) ([]events.Event, error) {
 }
 
 // MarkSent implements state.Store.
-func (s *Store) MarkSent(ctx context.Context, eventID string) error {
+func (s *Store) MarkSent(ctx context.Context, eventID, failure string) error {
 	return s.call(ctx, "mark event "+eventID+" sent", func(ctx context.Context) error {
 		_, err := s.outboxRef(eventID).Update(ctx, []firestore.Update{
 			{Path: "sent", Value: true}, {Path: "sent_at", Value: s.clock.Now().UnixNano()},
+			{Path: "failure", Value: failure},
 		})
 		return err
 	})

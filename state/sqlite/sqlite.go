@@ -69,6 +69,9 @@ func New(ctx context.Context, path string, clock clockwork.Clock) (*Store, error
 	if err != nil {
 		return nil, err
 	}
+	if err := sqlitedb.EnsureColumns(ctx, db, "outbox", [][2]string{{"failure", "TEXT NOT NULL DEFAULT ''"}}); err != nil {
+		return nil, errors.Join(err, db.Close())
+	}
 	return &Store{db: db, clock: clock}, nil
 }
 
@@ -360,8 +363,8 @@ func (s *Store) Outbox(ctx context.Context, limit int) ([]events.Event, error) {
 }
 
 // MarkSent implements state.Store.
-func (s *Store) MarkSent(ctx context.Context, eventID string) error {
-	if _, err := s.db.ExecContext(ctx, `UPDATE outbox SET sent_at = ? WHERE id = ?`, s.now(), eventID); err != nil {
+func (s *Store) MarkSent(ctx context.Context, eventID, failure string) error {
+	if _, err := s.db.ExecContext(ctx, `UPDATE outbox SET sent_at = ?, failure = ? WHERE id = ?`, s.now(), failure, eventID); err != nil {
 		return fmt.Errorf("mark event %s sent: %w", eventID, err)
 	}
 	return nil

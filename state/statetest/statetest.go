@@ -324,12 +324,19 @@ func Run(t *testing.T, newStore NewStore) {
 		if bad.Type != "batch_failed" || bad.Error != "boom" || bad.BatchID != "bad" {
 			t.Errorf("failed event = %+v", bad)
 		}
-		if err := s.MarkSent(ctx, ok.ID); err != nil {
+		if err := s.MarkSent(ctx, ok.ID, ""); err != nil {
 			t.Fatal(err)
 		}
 		evs, err = s.Outbox(ctx, 10)
 		if err != nil || len(evs) != 1 || evs[0].ID != bad.ID {
 			t.Fatalf("after MarkSent the outbox holds %+v (%v), want only %s", evs, err, bad.ID)
+		}
+		// Refused for good by the publisher: out of the outbox too.
+		if err := s.MarkSent(ctx, bad.ID, "topic not found"); err != nil {
+			t.Fatal(err)
+		}
+		if evs, err := s.Outbox(ctx, 10); err != nil || len(evs) != 0 {
+			t.Fatalf("after MarkSent with a failure the outbox holds %+v (%v)", evs, err)
 		}
 		// A stale owner's Finish writes neither the state nor an event.
 		mustCreate(t, s, batch("stale", "a"))
@@ -337,7 +344,7 @@ func Run(t *testing.T, newStore NewStore) {
 		clock.Advance(ttl + time.Second)
 		mustClaim(t, s, "stale", "o2")
 		wantErr(t, "stale Finish", s.Finish(ctx, "stale", old, state.StatusCompleted, ""), state.ErrLeaseLost)
-		if evs, _ := s.Outbox(ctx, 10); len(evs) != 1 {
+		if evs, _ := s.Outbox(ctx, 10); len(evs) != 0 {
 			t.Fatalf("stale Finish left an event: %+v", evs)
 		}
 	})

@@ -228,7 +228,9 @@ func (s *Source) Slate(ctx context.Context, date string) ([]string, error) {
 		return nil, err
 	}
 	if len(out) == 0 {
-		return nil, fmt.Errorf("%s: %w", date, systems.ErrNoGames)
+		// The feature table cannot tell "no games" from "not loaded yet":
+		// retried a bounded number of times, never taken as "no data".
+		return nil, fmt.Errorf("%s: no rows in the feature table: %w", date, systems.ErrDataIncomplete)
 	}
 	return out, nil
 }

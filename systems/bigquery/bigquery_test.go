@@ -281,8 +281,10 @@ func TestSlate(t *testing.T) {
 		t.Fatalf("slate = %v, %v", got, err)
 	}
 	empty := setup(t, &fakeBQ{pageSize: 10}, 10*time.Second)
-	if _, err := empty.Slate(t.Context(), "2025-02-16"); !errors.Is(err, systems.ErrNoGames) {
-		t.Fatalf("empty slate: %v, want ErrNoGames", err)
+	// No rows for the date: features not loaded yet (or no games); never a
+	// permanent "no games".
+	if _, err := empty.Slate(t.Context(), "2025-02-16"); !errors.Is(err, systems.ErrDataIncomplete) || errors.Is(err, systems.ErrNoGames) {
+		t.Fatalf("empty slate: %v, want ErrDataIncomplete", err)
 	}
 	if _, err := s.Slate(t.Context(), "2025-13-45"); !errors.Is(err, systems.ErrUnknownDate) {
 		t.Fatalf("bad date: %v", err)

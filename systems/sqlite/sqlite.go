@@ -44,8 +44,20 @@ CREATE TABLE IF NOT EXISTS sink_fences (
 ) STRICT;
 `
 
-// Sink implements systems.Sink and systems.PredictionReader.
-type Sink struct{ db *sql.DB }
+// Sink implements systems.Sink and systems.PredictionReader. Writers and
+// readers have their own connections: a slow HTTP client streaming
+// predictions can never take the connection a chunk's write needs.
+type Sink struct {
+	db      *sql.DB // writes
+	readers *sql.DB // ReadPredictions
+}
+
+// readPage is how many rows ReadPredictions reads per query; no connection
+// is held while they are handed to the caller (a network write, maybe slow).
+const readPage = 500
+
+// readTimeout bounds one page's query.
+const readTimeout = 10 * time.Second
 
 var (
 	_ systems.Sink             = (*Sink)(nil)
@@ -58,11 +70,18 @@ func New(ctx context.Context, path string) (*Sink, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Sink{db: db}, nil
+	readers, err := sqlitedb.Open(ctx, path, schema)
+	if err != nil {
+		return nil, errors.Join(err, db.Close())
+	}
+	return &Sink{db: db, readers: readers}, nil
 }
 
 // Write implements systems.Sink: one transaction that checks and raises the
-// batch's fence, then inserts the rows, keeping any row that already exists.
+// batch's fence, then inserts the rows. A row of the same key written by an
+// older epoch (an owner that wrote the chunk but never checkpointed it) is
+// replaced, so the rows stored are those the checkpoint counted; a replay by
+// the same epoch changes nothing.
 func (s *Sink) Write(ctx context.Context, batchID string, epoch int64, rows []systems.Prediction) error {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
@@ -95,7 +114,13 @@ func write(ctx context.Context, tx *sql.Tx, batchID string, epoch int64, rows []
 		game_date, game_id, predicted_points, confidence, recommendation, line, fallback, fallback_from,
 		fallback_reason, produced_by, failed, failure_reason, model_version, created_at, epoch)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-		ON CONFLICT (batch_id, player_lookup, system_id) DO NOTHING`)
+		ON CONFLICT (batch_id, player_lookup, system_id) DO UPDATE SET
+			game_date = excluded.game_date, game_id = excluded.game_id, predicted_points = excluded.predicted_points,
+			confidence = excluded.confidence, recommendation = excluded.recommendation, line = excluded.line,
+			fallback = excluded.fallback, fallback_from = excluded.fallback_from, fallback_reason = excluded.fallback_reason,
+			produced_by = excluded.produced_by, failed = excluded.failed, failure_reason = excluded.failure_reason,
+			model_version = excluded.model_version, created_at = excluded.created_at, epoch = excluded.epoch
+		WHERE excluded.epoch > predictions.epoch`)
 	if err != nil {
 		return err
 	}
@@ -115,16 +140,43 @@ func write(ctx context.Context, tx *sql.Tx, batchID string, epoch int64, rows []
 	return nil
 }
 
-// ReadPredictions implements systems.PredictionReader.
+// ReadPredictions implements systems.PredictionReader: pages of readPage
+// rows in key order, each read on the readers' pool under its own deadline
+// and released before fn sees its rows.
 func (s *Sink) ReadPredictions(ctx context.Context, batchID string, fn func(*systems.Prediction) error) error {
-	rows, err := s.db.QueryContext(ctx, `SELECT batch_id, player_lookup, system_id, game_date, game_id,
+	var afterPlayer, afterSystem string
+	for {
+		page, err := s.readPage(ctx, batchID, afterPlayer, afterSystem)
+		if err != nil {
+			return fmt.Errorf("read predictions of %s: %w", batchID, err)
+		}
+		for i := range page {
+			if err := fn(&page[i]); err != nil {
+				return err
+			}
+		}
+		if len(page) < readPage {
+			return nil
+		}
+		last := page[len(page)-1]
+		afterPlayer, afterSystem = last.PlayerLookup, last.SystemID
+	}
+}
+
+// readPage reads the rows after the key (afterPlayer, afterSystem).
+func (s *Sink) readPage(ctx context.Context, batchID, afterPlayer, afterSystem string) ([]systems.Prediction, error) {
+	ctx, cancel := context.WithTimeout(ctx, readTimeout)
+	defer cancel()
+	rows, err := s.readers.QueryContext(ctx, `SELECT batch_id, player_lookup, system_id, game_date, game_id,
 		predicted_points, confidence, recommendation, line, fallback, fallback_from, fallback_reason,
 		produced_by, failed, failure_reason, model_version, created_at
-		FROM predictions WHERE batch_id = ? ORDER BY player_lookup, system_id`, batchID)
+		FROM predictions WHERE batch_id = ? AND (player_lookup, system_id) > (?, ?)
+		ORDER BY player_lookup, system_id LIMIT ?`, batchID, afterPlayer, afterSystem, readPage)
 	if err != nil {
-		return fmt.Errorf("read predictions of %s: %w", batchID, err)
+		return nil, err
 	}
 	defer func() { _ = rows.Close() }()
+	page := make([]systems.Prediction, 0, readPage)
 	for rows.Next() {
 		var (
 			p       systems.Prediction
@@ -135,25 +187,20 @@ func (s *Sink) ReadPredictions(ctx context.Context, batchID string, fn func(*sys
 		if err := rows.Scan(&p.BatchID, &p.PlayerLookup, &p.SystemID, &p.GameDate, &p.GameID,
 			&p.PredictedPoints, &p.Confidence, &rec, &line, &p.Fallback, &p.FallbackFrom,
 			&p.FallbackReason, &p.ProducedBy, &p.Failed, &p.FailureReason, &p.ModelVersion, &created); err != nil {
-			return fmt.Errorf("read predictions of %s: %w", batchID, err)
+			return nil, err
 		}
 		p.Recommendation = systems.Recommendation(rec)
 		if line.Valid {
 			p.Line = &line.Float64
 		}
 		p.CreatedAt = time.Unix(0, created).UTC()
-		if err := fn(&p); err != nil {
-			return err
-		}
+		page = append(page, p)
 	}
-	if err := rows.Err(); err != nil {
-		return fmt.Errorf("read predictions of %s: %w", batchID, err)
-	}
-	return nil
+	return page, rows.Err()
 }
 
 // Ping checks the database answers.
 func (s *Sink) Ping(ctx context.Context) error { return s.db.PingContext(ctx) }
 
 // Close closes the database.
-func (s *Sink) Close() error { return s.db.Close() }
+func (s *Sink) Close() error { return errors.Join(s.readers.Close(), s.db.Close()) }

@@ -1,0 +1,87 @@
+package main
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/predworker/predworker/state"
+	statesqlite "github.com/predworker/predworker/state/sqlite"
+	"github.com/predworker/predworker/worker"
+)
+
+// cli runs the worker command with args in a fresh working directory and
+// returns its error and what it printed.
+func cli(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	var out, errOut strings.Builder
+	err := realMain(t.Context(), func() {}, args, &out, &errOut)
+	return out.String(), err
+}
+
+// Every command's --help prints its usage, succeeds, and touches nothing:
+// no configuration is read and no data directory is made.
+func TestHelpExitsZeroAndTouchesNothing(t *testing.T) {
+	t.Chdir(t.TempDir())
+	t.Setenv("LEASE_TTL", "not a duration") // would fail if the configuration were read
+	for _, args := range [][]string{{"--help"}, {"help"}, {"run", "--help"}, {"run", "--date", "2025-01-15", "-h"},
+		{"status", "--help"}, {"score", "--help"}, {"resume", "--help"}, {"serve", "--help"}} {
+		out, err := cli(t, args...)
+		if err != nil || !strings.Contains(out, "usage:") {
+			t.Errorf("worker %v = %v, printed %q; want usage and success", args, err, out)
+		}
+	}
+	if entries, err := os.ReadDir("."); err != nil || len(entries) != 0 {
+		t.Fatalf("help left %v in the working directory (%v)", entries, err)
+	}
+}
+
+// `worker run` succeeds only for a batch that completed with predictions: a
+// failed batch (now or before) and a batch of only failure records exit
+// non-zero; `worker resume` reopens the failed one.
+func TestRunExitsNonZeroUnlessCompleted(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv("DATA_DIR", dir)
+	t.Setenv("LOG_LEVEL", "error")
+	// No player of that name: every row is a failure record.
+	_, err := cli(t, "run", "--date", "2025-01-15", "--players", "nobody-at-all", "--systems", "moving_average")
+	if err == nil || !strings.Contains(err.Error(), "without a single prediction") {
+		t.Fatalf("run with only failure records = %v, want an error", err)
+	}
+	// A batch that failed earlier.
+	req := state.Request{GameDate: "2025-01-15", Players: []string{"aaronadams"}, Systems: []string{"moving_average"}, ChunkSize: 50}
+	st, err := statesqlite.New(t.Context(), filepath.Join(dir, "state.db"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := worker.DeriveBatchID(req)
+	if _, _, err := st.Create(t.Context(), state.Batch{ID: id, Request: req, Items: req.Players}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := st.Claim(t.Context(), id, "someone", time.Minute, state.ClaimOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Finish(context.Background(), id, b.Lease, state.StatusFailed, "feature table missing"); err != nil {
+		t.Fatal(err)
+	}
+	_ = st.Close()
+	out, err := cli(t, "run", "--date", "2025-01-15", "--players", "aaronadams", "--systems", "moving_average")
+	if err == nil || !strings.Contains(err.Error(), "failed: feature table missing") || !strings.Contains(out, id+" failed") {
+		t.Fatalf("rerun of a failed batch = %v (printed %q), want a non-zero exit naming the failure", err, out)
+	}
+	out, err = cli(t, "resume", id)
+	if err != nil || !strings.Contains(out, id+" completed: 1 predictions") {
+		t.Fatalf("resume of the failed batch = %v (printed %q), want it completed", err, out)
+	}
+	_, err = cli(t, "run", "--date", "2025-01-15", "--players", "aaronadams", "--systems", "moving_average")
+	if err != nil {
+		t.Fatalf("rerun of the completed batch = %v, want success", err)
+	}
+	if _, err := cli(t, "resume"); err == nil {
+		t.Fatal("resume without a batch id succeeded")
+	}
+}
