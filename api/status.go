@@ -53,7 +53,7 @@ func StatusOf(b state.Batch) Status {
 	return Status{
 		BatchID: b.ID, GameDate: b.Request.GameDate, State: b.Status, Systems: b.Request.Systems,
 		ChunkSize: b.Request.ChunkSize, CorrelationID: b.Request.CorrelationID,
-		TotalItems: len(b.Items), DoneItems: b.DoneItems, TotalChunks: b.TotalChunks(), DoneChunks: b.DoneChunks,
+		TotalItems: b.ItemCount(), DoneItems: b.DoneItems, TotalChunks: b.TotalChunks(), DoneChunks: b.DoneChunks,
 		Attempt: b.Attempt, Lease: LeaseView{Owner: b.Lease.Owner, Epoch: b.Lease.Epoch, ExpiresAt: ts(b.Lease.ExpiresAt)},
 		HeartbeatAt: ts(b.HeartbeatAt), Predictions: b.Predictions, Fallbacks: b.Fallbacks, FailedItems: b.FailedItems,
 		Error: b.Error, Warning: b.Warning(b.Status), CreatedAt: ts(b.CreatedAt), UpdatedAt: ts(b.UpdatedAt), CompletedAt: ts(b.CompletedAt),

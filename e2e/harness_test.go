@@ -97,7 +97,7 @@ type event struct {
 
 // proc is one running worker process.
 type proc struct {
-	t        *testing.T
+	t        testing.TB
 	cmd      *exec.Cmd
 	instance int
 	addr     string
@@ -111,7 +111,7 @@ type proc struct {
 // cluster starts worker processes on one data directory and keeps every log
 // event they wrote, in order.
 type cluster struct {
-	t       *testing.T
+	t       testing.TB
 	dataDir string
 	backend string
 	prefix  string
@@ -121,7 +121,7 @@ type cluster struct {
 	procs   []*proc
 }
 
-func newCluster(t *testing.T, backend string, env ...string) *cluster {
+func newCluster(t testing.TB, backend string, env ...string) *cluster {
 	t.Helper()
 	c := &cluster{t: t, dataDir: t.TempDir(), backend: backend, env: env}
 	t.Cleanup(func() {
@@ -257,7 +257,7 @@ func (c *cluster) allEvents() []event {
 // two cores may be compiling other packages and running two JVM emulators.
 var client = &http.Client{Timeout: 30 * time.Second}
 
-func request(t *testing.T, method, url, body string) (int, []byte, error) {
+func request(t testing.TB, method, url, body string) (int, []byte, error) {
 	t.Helper()
 	req, err := http.NewRequest(method, url, strings.NewReader(body))
 	if err != nil {
@@ -275,7 +275,7 @@ func request(t *testing.T, method, url, body string) (int, []byte, error) {
 	return resp.StatusCode, b, err
 }
 
-func status(t *testing.T, p *proc, id string) (api.Status, error) {
+func status(t testing.TB, p *proc, id string) (api.Status, error) {
 	t.Helper()
 	code, body, err := request(t, "GET", p.url("/v1/batches/"+id), "")
 	if err != nil {
@@ -288,7 +288,7 @@ func status(t *testing.T, p *proc, id string) (api.Status, error) {
 	return st, json.Unmarshal(body, &st)
 }
 
-func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+func waitUntil(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {

@@ -25,6 +25,7 @@ const (
 	EventBatchCompleted = "batch_completed"
 	EventBatchFailed    = "batch_failed"
 	EventFallbackUsed   = "fallback_used"
+	EventChunkFallbacks = "chunk_fallbacks"
 	EventCircuitOpened  = "circuit_opened"
 	EventLeaseLost      = "lease_lost"
 	EventDeadLettered   = "dead_lettered"

@@ -66,9 +66,9 @@ func (s Status) Valid() bool {
 // Finished reports whether s is terminal.
 func (s Status) Finished() bool { return s == StatusCompleted || s == StatusFailed }
 
-// Request is what a caller asked for. It is stored verbatim; its fingerprint
-// decides whether a second create with the same batch id is a duplicate (same
-// request) or a conflict.
+// Request is what a caller asked for. Its fingerprint decides whether a
+// second create with the same batch id is a duplicate (same request) or a
+// conflict. A stored batch's request has no Players: they are its Items.
 type Request struct {
 	GameDate      string   `json:"game_date"`
 	Players       []string `json:"players,omitempty"`
@@ -128,7 +128,11 @@ type Batch struct {
 	Request     Request  `json:"request"`
 	Fingerprint string   `json:"-"`
 	Items       []string `json:"-"` // resolved, sorted player list; chunk i is Items[i*ChunkSize:]
-	Status      Status   `json:"state"`
+	// TotalItems is len(Items), stored apart: List and Orphans return
+	// batches without their item lists (which may hold thousands of
+	// players), Get and Claim with them.
+	TotalItems int    `json:"total_items"`
+	Status     Status `json:"state"`
 	Progress
 	Attempt     int       `json:"attempt"`
 	Lease       Lease     `json:"lease"`
@@ -139,13 +143,22 @@ type Batch struct {
 	CompletedAt time.Time `json:"completed_at"`
 }
 
+// ItemCount is the number of items: len(Items) when they were loaded,
+// TotalItems otherwise.
+func (b Batch) ItemCount() int {
+	if b.Items != nil {
+		return len(b.Items)
+	}
+	return b.TotalItems
+}
+
 // TotalChunks is the number of chunks the items split into.
 func (b Batch) TotalChunks() int {
 	cs := b.Request.ChunkSize
 	if cs <= 0 {
 		return 0
 	}
-	return (len(b.Items) + cs - 1) / cs
+	return (b.ItemCount() + cs - 1) / cs
 }
 
 // Chunk returns the items of chunk i.
@@ -168,7 +181,7 @@ func (b Batch) CompletionEvent(st Status, errMsg string, now time.Time) events.E
 	}
 	return events.Event{
 		ID: b.ID + ":" + typ + ":" + strconv.FormatInt(b.Lease.Epoch, 10), Type: typ, BatchID: b.ID,
-		GameDate: b.Request.GameDate, CorrelationID: b.Request.CorrelationID, TotalItems: len(b.Items),
+		GameDate: b.Request.GameDate, CorrelationID: b.Request.CorrelationID, TotalItems: b.ItemCount(),
 		DoneItems: b.DoneItems, Predictions: b.Predictions, Fallbacks: b.Fallbacks, FailedItems: b.FailedItems,
 		Attempt: b.Attempt, DurationMS: now.Sub(b.CreatedAt).Milliseconds(), Error: errMsg, Warning: b.Warning(st),
 		At: now.UTC(),
@@ -214,7 +227,8 @@ type Store interface {
 	Create(ctx context.Context, b Batch) (Batch, bool, error)
 	// Get returns the batch or ErrNotFound.
 	Get(ctx context.Context, id string) (Batch, error)
-	// List returns batches, newest first.
+	// List returns batches, newest first, without their Items (TotalItems
+	// says how many).
 	List(ctx context.Context, f ListFilter) ([]Batch, error)
 	// Claim takes the lease for owner with a new epoch and marks the batch
 	// running. A live lease gives ErrLeaseHeld (with the current batch),
@@ -242,7 +256,8 @@ type Store interface {
 	// keeps its progress and stays running. Fenced.
 	Release(ctx context.Context, id string, l Lease) error
 	// Orphans returns unfinished batches whose lease has expired or was
-	// released (and pending batches nobody claimed), oldest update first.
+	// released (and pending batches nobody claimed), oldest update first,
+	// without their Items (a claim returns them).
 	Orphans(ctx context.Context, limit int) ([]Batch, error)
 	// CountByStatus returns how many batches are in each state.
 	CountByStatus(ctx context.Context) (map[Status]int, error)

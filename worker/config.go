@@ -34,6 +34,12 @@ type Config struct {
 	BreakerFailures uint32        `env:"BREAKER_FAILURES"`
 	BreakerCooldown time.Duration `env:"BREAKER_COOLDOWN"`
 	Breakers        Breakers      `env:"SYSTEM_BREAKERS"`
+	// MaxAbandoned caps, per system, the calls abandoned at their deadline
+	// that are still running (a system ignoring its context); beyond it,
+	// calls fall back at once with reason "saturated", so at most
+	// MaxAbandoned + Concurrency goroutines per system are ever stuck.
+	// 0 means Concurrency.
+	MaxAbandoned int `env:"MAX_ABANDONED_CALLS"`
 	// Faults are injected into system calls (chaos tests, rehearsals).
 	Faults Faults `env:"FAULTS"`
 	// MinQuality is the feature quality score (0-100) below which a
@@ -111,6 +117,7 @@ func (c Config) resolved() Config {
 	setDefault(&c.ChunkSize, d.ChunkSize)
 	setDefault(&c.Concurrency, d.Concurrency)
 	setDefault(&c.MaxRunning, d.MaxRunning)
+	setDefault(&c.MaxAbandoned, c.Concurrency)
 	setDefault(&c.SystemTimeout, d.SystemTimeout)
 	setDefault(&c.BreakerFailures, d.BreakerFailures)
 	setDefault(&c.BreakerCooldown, d.BreakerCooldown)
@@ -151,6 +158,8 @@ func (c Config) Validate(ids []string) error {
 		return fmt.Errorf("CHUNK_SIZE must be from 1 to %d (got %d)", MaxChunkSize, c.ChunkSize)
 	case c.Concurrency < 0 || c.Concurrency > 4096:
 		return fmt.Errorf("CONCURRENCY must be from 1 to 4096, or 0 for 4 × GOMAXPROCS (got %d)", c.Concurrency)
+	case c.MaxAbandoned < 0:
+		return fmt.Errorf("MAX_ABANDONED_CALLS must be at least 1, or 0 for CONCURRENCY (got %d)", c.MaxAbandoned)
 	case c.MaxRunning < 0 || c.MaxRunning > 1000:
 		return fmt.Errorf("MAX_RUNNING_BATCHES must be from 1 to 1000, or 0 for 4 × GOMAXPROCS (got %d)", c.MaxRunning)
 	case c.MinQuality < 0 || c.MinQuality > 100:
@@ -189,7 +198,7 @@ func (c Config) LogValue() slog.Value {
 	return slog.GroupValue(
 		slog.Int("chunk_size", c.ChunkSize), slog.Int("concurrency", c.Concurrency), slog.Int("max_running_batches", c.MaxRunning),
 		slog.String("system_timeout", c.SystemTimeout.String()), slog.String("system_timeouts", c.SystemTimeouts.String()),
-		slog.Int("breaker_failures", int(c.BreakerFailures)), slog.String("breaker_cooldown", c.BreakerCooldown.String()),
+		slog.Int("max_abandoned_calls", c.MaxAbandoned), slog.Int("breaker_failures", int(c.BreakerFailures)), slog.String("breaker_cooldown", c.BreakerCooldown.String()),
 		slog.String("system_breakers", c.Breakers.String()), slog.String("faults", c.Faults.String()),
 		slog.Float64("min_feature_quality", c.MinQuality),
 		slog.String("lease_ttl", c.LeaseTTL.String()), slog.String("heartbeat_interval", c.HeartbeatInterval.String()),

@@ -2,15 +2,14 @@ package worker
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/sony/gobreaker/v2"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/predworker/predworker/logging"
@@ -18,50 +17,39 @@ import (
 	"github.com/predworker/predworker/systems"
 )
 
-// fanout calls the systems for a chunk. It owns the systems (with injected
-// faults applied), their circuit breakers and deadlines, and turns every
-// (player, system) pair into a row: the system's estimate, a fallback's, or
-// an explicit failure record; never an error.
+// fanout calls the systems for a chunk. It owns a caller per system (its
+// deadline, breaker and cap on abandoned calls) and turns every (player,
+// system) pair into a row: the system's estimate, a fallback's, or an
+// explicit failure record; never an error.
 type fanout struct {
 	registry   *systems.Registry
-	systems    map[string]systems.System
-	breakers   map[string]*gobreaker.CircuitBreaker[systems.Estimate]
-	timeout    time.Duration
-	timeouts   Timeouts
+	callers    map[string]*caller
 	limit      int
 	minQuality float64
 	metrics    *Metrics
 }
 
 func newFanout(cfg Config, reg *systems.Registry, m *Metrics, log *slog.Logger) *fanout {
-	f := &fanout{registry: reg, systems: map[string]systems.System{},
-		breakers: map[string]*gobreaker.CircuitBreaker[systems.Estimate]{},
-		timeout:  cfg.SystemTimeout, timeouts: cfg.SystemTimeouts, limit: cfg.Concurrency,
-		minQuality: cfg.MinQuality, metrics: m}
+	f := &fanout{registry: reg, callers: map[string]*caller{}, limit: cfg.Concurrency, minQuality: cfg.MinQuality, metrics: m}
 	for _, id := range reg.IDs() {
 		s, _ := reg.Get(id)
-		f.systems[id] = withFaults(s, cfg.Faults)
-		bs := BreakerSettings{Failures: cfg.BreakerFailures, Cooldown: cfg.BreakerCooldown}
-		if o, ok := cfg.Breakers[id]; ok {
-			bs = o
-		}
-		f.breakers[id] = gobreaker.NewCircuitBreaker[systems.Estimate](gobreaker.Settings{
-			Name:    id,
-			Timeout: bs.Cooldown,
-			ReadyToTrip: func(c gobreaker.Counts) bool {
-				return c.ConsecutiveFailures >= bs.Failures
-			},
-			// A run being cancelled says nothing about the system.
-			IsExcluded: func(err error) bool { return errors.Is(err, context.Canceled) },
-			OnStateChange: func(name string, from, to gobreaker.State) {
-				if to == gobreaker.StateOpen {
-					log.Warn("circuit opened", logging.Event(logging.EventCircuitOpened),
-						slog.String("system_id", name), slog.Int64("cooldown_ms", bs.Cooldown.Milliseconds()))
-				}
-			},
-		})
+		f.callers[id] = newCaller(cfg, s, log)
 	}
 	return f
+}
+
+// callOne calls system id through its caller.
+func (f *fanout) callOne(ctx context.Context, id string, fn func(context.Context) (systems.Estimate, error)) (systems.Estimate, string, error) {
+	c, ok := f.callers[id]
+	if !ok {
+		return systems.Estimate{}, "error", fmt.Errorf("system %q is not registered", id)
+	}
+	return c.call(ctx, fn)
+}
+
+// predictWith returns the call of system id's Predict on ft.
+func (f *fanout) predictWith(id string, ft *systems.Features) func(context.Context) (systems.Estimate, error) {
+	return func(ctx context.Context) (systems.Estimate, error) { return f.callers[id].sys.Predict(ctx, ft) }
 }
 
 // estimates collects, per item, the successful estimates a combiner needs.
@@ -79,6 +67,7 @@ type chunkPlan struct {
 	combos []int                // rows a combiner fills (phase 2)
 	extra  []string             // combiner inputs not requested: computed without a row
 	inputs []estimates          // per item, when there are combiners
+	failed fallbackTally        // failed calls, by system and reason
 }
 
 // predict fans the chunk out: plan → call → combine → tally. One task per
@@ -90,6 +79,7 @@ func (f *fanout) predict(ctx context.Context, b state.Batch, items []string, fea
 	p := f.plan(b, items, feats, now)
 	f.call(ctx, p, log)
 	f.combine(ctx, p, log)
+	p.failed.log(log)
 	return p.rows, f.tally(p.rows, len(items))
 }
 
@@ -170,7 +160,7 @@ func (f *fanout) call(ctx context.Context, p *chunkPlan, log *slog.Logger) {
 		i, row := k/len(p.sys), &p.rows[k]
 		g.Go(func() error {
 			defer f.contain(row, log)
-			f.fill(ctx, p.feats[i], row, row.SystemID, nil, log)
+			f.fill(ctx, p, p.feats[i], row, row.SystemID, nil, log)
 			if !row.Failed && !row.Fallback {
 				p.keep(i, row.SystemID, systems.Estimate{Points: row.PredictedPoints, Confidence: row.Confidence, Recommendation: row.Recommendation})
 			}
@@ -185,9 +175,7 @@ func (f *fanout) call(ctx context.Context, p *chunkPlan, log *slog.Logger) {
 			for _, id := range p.extra {
 				g.Go(func() error {
 					defer f.contain(nil, log)
-					if est, _, err := f.callOne(ctx, id, func(ctx context.Context) (systems.Estimate, error) {
-						return f.systems[id].Predict(ctx, ft)
-					}); err == nil {
+					if est, _, err := f.callOne(ctx, id, f.predictWith(id, ft)); err == nil {
 						p.keep(i, id, est)
 					}
 					return nil
@@ -216,8 +204,8 @@ func (f *fanout) combine(ctx context.Context, p *chunkPlan, log *slog.Logger) {
 				f.setRow(row, row.SystemID, est)
 				return nil
 			}
-			f.noteFailure(ctx, ft, row.SystemID, reason, err, log)
-			f.fill(ctx, ft, row, f.registry.Fallback(row.SystemID), []string{reason}, log)
+			f.noteFailure(ctx, p, ft, row.SystemID, reason, err, log)
+			f.fill(ctx, p, ft, row, f.registry.Fallback(row.SystemID), []string{reason}, log)
 			return nil
 		})
 	}
@@ -284,20 +272,18 @@ func (f *fanout) setRow(row *systems.Prediction, by string, est systems.Estimate
 	row.Confidence = est.Confidence
 	row.Recommendation = est.Recommendation
 	row.ProducedBy = by
-	row.ModelVersion = f.systems[by].Version()
+	row.ModelVersion = f.callers[by].sys.Version()
 }
 
 // fill fills row from system start, then along its fallback chain. reasons
 // holds the failures before start (the requested system's, for a fallback).
-func (f *fanout) fill(ctx context.Context, ft *systems.Features, row *systems.Prediction, start string, reasons []string, log *slog.Logger) {
+func (f *fanout) fill(ctx context.Context, p *chunkPlan, ft *systems.Features, row *systems.Prediction, start string, reasons []string, log *slog.Logger) {
 	for cur := start; cur != ""; cur = f.registry.Fallback(cur) {
 		if _, isComb := f.combiner(cur); isComb {
 			reasons = append(reasons, "combiner_as_fallback")
 			continue
 		}
-		est, reason, err := f.callOne(ctx, cur, func(ctx context.Context) (systems.Estimate, error) {
-			return f.systems[cur].Predict(ctx, ft)
-		})
+		est, reason, err := f.callOne(ctx, cur, f.predictWith(cur, ft))
 		if err == nil {
 			f.setRow(row, cur, est)
 			if cur != row.SystemID {
@@ -309,95 +295,73 @@ func (f *fanout) fill(ctx context.Context, ft *systems.Features, row *systems.Pr
 			return // the chunk is being abandoned; its rows are never written
 		}
 		reasons = append(reasons, reason)
-		f.noteFailure(ctx, ft, cur, reason, err, log)
+		f.noteFailure(ctx, p, ft, cur, reason, err, log)
 	}
 	row.Failed = true
 	row.FailureReason = "all systems in the fallback chain failed: " + strings.Join(reasons, ", ")
 }
 
-// noteFailure counts and logs a failed system call.
-func (f *fanout) noteFailure(ctx context.Context, ft *systems.Features, id, reason string, err error, log *slog.Logger) {
+// noteFailure counts a failed system call (metrics, the chunk's summary)
+// and logs it at DEBUG (event fallback_used); a panic is also an ERROR with
+// its stack, for Error Reporting.
+func (f *fanout) noteFailure(ctx context.Context, p *chunkPlan, ft *systems.Features, id, reason string, err error, log *slog.Logger) {
 	if ctx.Err() != nil {
 		return
 	}
 	f.metrics.Fallbacks.WithLabelValues(id, reason).Inc()
-	attrs := []any{logging.Event(logging.EventFallbackUsed), slog.String("system_id", id),
-		slog.String("player_lookup", ft.PlayerLookup), slog.String("reason", reason),
-		slog.String("fallback", f.registry.Fallback(id))}
-	switch reason {
-	case "panic":
+	p.failed.add(id, reason)
+	attrs := []any{slog.String("system_id", id), slog.String("player_lookup", ft.PlayerLookup),
+		slog.String("reason", reason), slog.String("fallback", f.registry.Fallback(id))}
+	if reason == "panic" {
 		log.Error("system panicked", append(attrs, ErrorAttrs(err))...)
-	case "insufficient_data": // the system declined, as designed: not a failure
-		log.Debug("system declined", append(attrs, slog.String("detail", err.Error()))...)
-	default:
-		log.Warn("system failed", append(attrs, WarnAttrs(err))...)
 	}
+	log.Debug("fallback used", append(attrs, logging.Event(logging.EventFallbackUsed), WarnAttrs(err))...)
 }
 
-// callOne runs one system under its own deadline, behind its breaker, with
-// panics recovered, and names the reason when it fails. The result arrives
-// through a channel so a system that ignores its context is abandoned at the
-// deadline instead of stretching the chunk; its goroutine ends when the
-// system returns.
-func (f *fanout) callOne(ctx context.Context, id string, fn func(context.Context) (systems.Estimate, error)) (systems.Estimate, string, error) {
-	timeout := f.timeout
-	if t, ok := f.timeouts[id]; ok {
-		timeout = t
-	}
-	cctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	type result struct {
-		est systems.Estimate
-		err error
-	}
-	br, ok := f.breakers[id]
-	if !ok {
-		return systems.Estimate{}, "error", fmt.Errorf("system %q is not registered", id)
-	}
-	ch := make(chan result, 1)
-	go func() {
-		var r result
-		defer func() { // nothing in this goroutine may end the process
-			if v := recover(); v != nil {
-				r = result{err: newPanicError(v)}
-			}
-			ch <- r
-		}()
-		r.est, r.err = br.Execute(func() (est systems.Estimate, err error) {
-			defer func() {
-				if v := recover(); v != nil {
-					err = newPanicError(v)
-				}
-			}()
-			return fn(cctx)
-		})
-	}()
-	var r result
-	select {
-	case r = <-ch:
-	case <-cctx.Done():
-		r.err = cctx.Err()
-	}
-	return r.est, failureReason(ctx, r.err), r.err
+// fallbackTally counts a chunk's failed calls by system and reason, for the
+// one summary line per chunk.
+type fallbackTally struct {
+	mu sync.Mutex
+	n  map[string]map[string]int
 }
 
-// failureReason names why a system call failed (the fallback_reason of its
-// row); "" when it did not.
-func failureReason(ctx context.Context, err error) string {
-	var pe *PanicError
-	switch {
-	case err == nil:
-		return ""
-	case errors.As(err, &pe):
-		return "panic"
-	case errors.Is(err, gobreaker.ErrOpenState), errors.Is(err, gobreaker.ErrTooManyRequests):
-		return "circuit_open"
-	case errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
-		return "timeout"
-	case errors.Is(err, systems.ErrInsufficientData):
-		return "insufficient_data"
-	case ctx.Err() != nil:
-		return "cancelled"
+func (t *fallbackTally) add(id, reason string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.n == nil {
+		t.n = map[string]map[string]int{}
 	}
-	return "error"
+	if t.n[id] == nil {
+		t.n[id] = map[string]int{}
+	}
+	t.n[id][reason]++
+}
+
+// log writes the summary: INFO when every failure was a decline
+// (insufficient_data, as designed), WARN otherwise; nothing without
+// failures.
+func (t *fallbackTally) log(log *slog.Logger) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	total, declinesOnly := 0, true
+	var bySystem []any
+	for _, id := range slices.Sorted(maps.Keys(t.n)) {
+		var byReason []any
+		for _, reason := range slices.Sorted(maps.Keys(t.n[id])) {
+			n := t.n[id][reason]
+			total += n
+			declinesOnly = declinesOnly && reason == "insufficient_data"
+			byReason = append(byReason, slog.Int(reason, n))
+		}
+		bySystem = append(bySystem, slog.Group(id, byReason...))
+	}
+	if total == 0 {
+		return
+	}
+	level := slog.LevelWarn
+	if declinesOnly {
+		level = slog.LevelInfo
+	}
+	log.Log(context.Background(), level, "system calls fell back in this chunk", logging.Event(logging.EventChunkFallbacks),
+		slog.Int("failed_calls", total), slog.Group("by_system", bySystem...))
 }

@@ -21,7 +21,11 @@ const (
 	FaultError   FaultKind = "error"   // return an error
 	FaultPanic   FaultKind = "panic"   // panic
 	FaultHang    FaultKind = "hang"    // block until the call's deadline
+	FaultStuck   FaultKind = "stuck"   // ignore the deadline and never return
 )
+
+// stuckForever is what a stuck call waits on: nothing ever closes it.
+var stuckForever = make(chan struct{})
 
 // FaultRule is one rule of FAULTS.
 type FaultRule struct {
@@ -60,7 +64,7 @@ func (f Faults) String() string {
 }
 
 // ParseFaults parses FAULTS: rules separated by ";", each
-// "system=<id|*>,kind=<latency|error|panic|hang>,rate=<0..1>[,latency=<duration>]".
+// "system=<id|*>,kind=<latency|error|panic|hang|stuck>,rate=<0..1>[,latency=<duration>]".
 func ParseFaults(spec string) (Faults, error) {
 	var rules Faults
 	for i, raw := range strings.Split(spec, ";") {
@@ -106,9 +110,9 @@ func ParseFaults(spec string) (Faults, error) {
 			if r.Latency <= 0 {
 				return nil, fmt.Errorf("rule %d: kind=latency needs latency=<duration>", i+1)
 			}
-		case FaultError, FaultPanic, FaultHang:
+		case FaultError, FaultPanic, FaultHang, FaultStuck:
 		default:
-			return nil, fmt.Errorf("rule %d: kind %q must be latency, error, panic or hang", i+1, r.Kind)
+			return nil, fmt.Errorf("rule %d: kind %q must be latency, error, panic, hang or stuck", i+1, r.Kind)
 		}
 		rules = append(rules, r)
 	}
@@ -156,6 +160,9 @@ func (f faulty) Predict(ctx context.Context, in *systems.Features) (systems.Esti
 			panic(fmt.Sprintf("injected panic in %s", f.ID()))
 		case FaultHang:
 			<-ctx.Done()
+			return systems.Estimate{}, ctx.Err()
+		case FaultStuck: // a system that ignores its context: the engine abandons it
+			<-stuckForever
 			return systems.Estimate{}, ctx.Err()
 		}
 	}

@@ -112,6 +112,9 @@ func (e *Engine) Submit(ctx context.Context, id string, r state.Request) (state.
 	if len(items) == 0 {
 		items = slate
 	}
+	// The players are the items: the stored request does not repeat them,
+	// so a summary of the batch (a list, a sweep) stays small.
+	stored.Players = nil
 	b, created, err := e.store.Create(ctx, state.Batch{ID: id, Request: stored, Fingerprint: fp, Items: items})
 	if err != nil {
 		return b, false, fmt.Errorf("create batch %s: %w", id, err)

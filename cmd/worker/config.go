@@ -171,6 +171,9 @@ func (c *Config) validate() error {
 	if c.MaxRunning == 0 {
 		c.MaxRunning = worker.DefaultMaxRunning()
 	}
+	if c.MaxAbandoned == 0 {
+		c.MaxAbandoned = c.Concurrency
+	}
 	return nil
 }
 

@@ -172,7 +172,7 @@ func (v *runView) describe(b state.Batch) {
 	if !v.described {
 		v.described = true
 		fmt.Fprintf(v.stderr, "batch %s: %s, %d players × %d systems in %d chunks of %d\n", b.ID, b.Request.GameDate,
-			len(b.Items), len(b.Request.Systems), b.TotalChunks(), b.Request.ChunkSize)
+			b.ItemCount(), len(b.Request.Systems), b.TotalChunks(), b.Request.ChunkSize)
 	}
 }
 

@@ -22,6 +22,16 @@
 // serialised: the stale one sees the new epoch and fails with ErrLeaseLost.
 // gRPC codes are translated into the state sentinels here; nothing above this
 // package sees gRPC.
+//
+// Time: lease expiry is computed from the server's clock (the read time of
+// the transaction that claims or renews), so claimants with skewed clocks
+// agree on when a lease expires, and no claimant can take over a lease that
+// is live by the server's time. What remains assumed: that this machine's
+// clock runs at about the right rate over one LEASE_TTL (the engine's
+// self-fencing measures durations locally, with a margin of LEASE_TTL/5),
+// and that the server's clock does not jump backwards. A fast local clock
+// only makes the run stop itself earlier; a slow one is caught by the
+// server-time expiry the store returns.
 package firestore
 
 import (
@@ -31,8 +41,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"cloud.google.com/go/firestore"
@@ -53,7 +66,16 @@ type Options struct {
 	// Prefix is prepended to collection names so several deployments or
 	// tests can share one database.
 	Prefix string
-	Clock  clockwork.Clock // nil: real clock
+	// Clock is this machine's clock, used for the informational times
+	// (created, updated, heartbeat, completed); nil: the real clock. Lease
+	// expiry never uses it: see ServerTime.
+	Clock clockwork.Clock
+	// ServerTime maps the Firestore server's time of a transaction's read
+	// to the time lease expiry is computed in. nil (production): the
+	// server's time itself, so every claimant measures leases on one clock,
+	// whatever its own clock's skew. Tests that move time with a fake
+	// clock set it.
+	ServerTime func(read time.Time) time.Time
 	// CallTimeout bounds every call (default 10 s).
 	CallTimeout time.Duration
 	// Retention is how long finished batches are kept before the TTL
@@ -69,6 +91,11 @@ type Store struct {
 	client *firestore.Client
 	opts   Options
 	clock  clockwork.Clock
+	// serverOffset is the Firestore server's time minus this machine's, as
+	// last seen in a read (nanoseconds); Orphans uses it to ask for expired
+	// leases in server time without a transaction.
+	serverOffset atomic.Int64
+	sawServer    atomic.Bool
 }
 
 var _ state.Store = (*Store)(nil)
@@ -105,6 +132,7 @@ type batchDoc struct {
 	Request      string     `firestore:"request"` // JSON of state.Request
 	Fingerprint  string     `firestore:"fingerprint"`
 	Items        []string   `firestore:"items"`
+	TotalItems   int64      `firestore:"total_items"` // len(items), read without them by List and Orphans
 	Status       string     `firestore:"status"`
 	Attempt      int64      `firestore:"attempt"`
 	LeaseOwner   string     `firestore:"lease_owner"`
@@ -156,7 +184,8 @@ func fromNanos(n int64) time.Time {
 
 func (d *batchDoc) batch() (state.Batch, error) {
 	b := state.Batch{
-		ID: d.BatchID, Fingerprint: d.Fingerprint, Items: d.Items, Status: state.Status(d.Status),
+		ID: d.BatchID, Fingerprint: d.Fingerprint, Items: d.Items, TotalItems: max(int(d.TotalItems), len(d.Items)),
+		Status:  state.Status(d.Status),
 		Attempt: int(d.Attempt), Error: d.Error,
 		Lease:       state.Lease{Owner: d.LeaseOwner, Epoch: d.LeaseEpoch, ExpiresAt: fromNanos(d.LeaseExpires)},
 		HeartbeatAt: fromNanos(d.HeartbeatAt), CreatedAt: fromNanos(d.CreatedAt),
@@ -267,6 +296,13 @@ func (e errSentinel) Unwrap() error { return e.err }
 // Reads
 
 func (s *Store) readBatch(ctx context.Context, tx *firestore.Transaction, id string) (*batchDoc, error) {
+	d, _, err := s.readBatchAt(ctx, tx, id)
+	return d, err
+}
+
+// readBatchAt is readBatch that also returns the time, in lease time (see
+// leaseNow), at which the server read the document.
+func (s *Store) readBatchAt(ctx context.Context, tx *firestore.Transaction, id string) (*batchDoc, time.Time, error) {
 	var snap *firestore.DocumentSnapshot
 	var err error
 	if tx != nil {
@@ -275,16 +311,44 @@ func (s *Store) readBatch(ctx context.Context, tx *firestore.Transaction, id str
 		snap, err = s.batchRef(id).Get(ctx)
 	}
 	if status.Code(err) == codes.NotFound {
-		return nil, errSentinel{state.ErrNotFound}
+		return nil, time.Time{}, errSentinel{state.ErrNotFound}
 	}
 	if err != nil {
-		return nil, err
+		return nil, time.Time{}, err
 	}
 	var d batchDoc
 	if err := snap.DataTo(&d); err != nil {
-		return nil, fmt.Errorf("decode batch %s: %w", id, err)
+		return nil, time.Time{}, fmt.Errorf("decode batch %s: %w", id, err)
 	}
-	return &d, nil
+	return &d, s.leaseNow(snap.ReadTime), nil
+}
+
+// leaseNow turns the server's read time into the time leases are measured
+// in, and remembers how far the server's clock is from this machine's.
+func (s *Store) leaseNow(read time.Time) time.Time {
+	if read.IsZero() { // not expected from Firestore; stay safe rather than wrong
+		read = time.Now().Add(time.Duration(s.serverOffset.Load()))
+	} else {
+		s.serverOffset.Store(int64(read.Sub(time.Now())))
+		s.sawServer.Store(true)
+	}
+	if s.opts.ServerTime != nil {
+		return s.opts.ServerTime(read)
+	}
+	return read
+}
+
+// serverNow estimates the server's current time, in lease time: this
+// machine's clock plus the offset last seen (learnt with one read if none
+// was seen yet).
+func (s *Store) serverNow(ctx context.Context) time.Time {
+	if !s.sawServer.Load() {
+		snap, err := s.client.Collection(s.opts.Prefix + "meta").Doc("ping").Get(ctx)
+		if snap != nil && (err == nil || status.Code(err) == codes.NotFound) {
+			return s.leaseNow(snap.ReadTime)
+		}
+	}
+	return s.leaseNow(time.Now().Add(time.Duration(s.serverOffset.Load())))
 }
 
 // latestProgress reads the newest chunk document of a batch.
@@ -334,6 +398,20 @@ func (s *Store) Get(ctx context.Context, id string) (state.Batch, error) {
 	return b, err
 }
 
+// summaryFields are the batch document's fields but its item list: List and
+// Orphans read summaries (a projection query), Get and Claim whole batches.
+var summaryFields = func() []string {
+	var out []string
+	t := reflect.TypeFor[batchDoc]()
+	for i := range t.NumField() {
+		name, _, _ := strings.Cut(t.Field(i).Tag.Get("firestore"), ",")
+		if name != "items" {
+			out = append(out, name)
+		}
+	}
+	return out
+}()
+
 func (s *Store) queryBatches(ctx context.Context, op string, q firestore.Query) ([]state.Batch, error) {
 	var out []state.Batch
 	err := s.call(ctx, op, func(ctx context.Context) error {
@@ -370,7 +448,7 @@ func (s *Store) List(ctx context.Context, f state.ListFilter) ([]state.Batch, er
 		q = q.Where("status", "==", string(f.Status))
 	}
 	q = q.OrderBy("created_at", firestore.Desc).OrderBy("batch_id", firestore.Asc).Limit(limit)
-	return s.queryBatches(ctx, "list batches", q)
+	return s.queryBatches(ctx, "list batches", q.Select(summaryFields...))
 }
 
 // Orphans implements state.Store: unfinished batches whose lease expired or
@@ -381,9 +459,9 @@ func (s *Store) Orphans(ctx context.Context, limit int) ([]state.Batch, error) {
 	}
 	q := s.batches().
 		Where("status", "in", []string{string(state.StatusPending), string(state.StatusRunning)}).
-		Where("lease_expires", "<=", s.clock.Now().UnixNano()).
+		Where("lease_expires", "<=", s.serverNow(ctx).UnixNano()).
 		OrderBy("lease_expires", firestore.Asc).Limit(limit)
-	return s.queryBatches(ctx, "find orphans", q)
+	return s.queryBatches(ctx, "find orphans", q.Select(summaryFields...))
 }
 
 // CountByStatus implements state.Store with one count aggregation per state.
@@ -465,7 +543,7 @@ func (s *Store) Create(ctx context.Context, b state.Batch) (state.Batch, bool, e
 		}
 		now := s.clock.Now().UnixNano()
 		nd := &batchDoc{BatchID: b.ID, Request: string(req), Fingerprint: b.Fingerprint, Items: items,
-			Status: string(state.StatusPending), CreatedAt: now, UpdatedAt: now}
+			TotalItems: int64(len(items)), Status: string(state.StatusPending), CreatedAt: now, UpdatedAt: now}
 		if err := tx.Create(s.batchRef(b.ID), nd); err != nil {
 			return err
 		}
@@ -484,24 +562,24 @@ func (s *Store) Create(ctx context.Context, b state.Batch) (state.Batch, bool, e
 func (s *Store) Claim(ctx context.Context, id, owner string, ttl time.Duration, opts state.ClaimOptions) (state.Batch, error) {
 	var out state.Batch
 	err := s.tx(ctx, "claim batch "+id, func(ctx context.Context, tx *firestore.Transaction, wrote func(*firestore.DocumentRef)) error {
-		d, err := s.readBatch(ctx, tx, id)
+		d, leaseNow, err := s.readBatchAt(ctx, tx, id)
 		if err != nil {
 			return err
 		}
 		if out, err = s.full(ctx, tx, d); err != nil {
 			return err
 		}
-		now := s.clock.Now()
 		switch {
 		case out.Status == state.StatusCompleted, out.Status == state.StatusFailed && !opts.Reopen:
 			return errSentinel{state.ErrFinished}
-		case out.Lease.Live(now) && !opts.Force && (opts.Replace == "" || opts.Replace != out.Lease.Owner):
+		case out.Lease.Live(leaseNow) && !opts.Force && (opts.Replace == "" || opts.Replace != out.Lease.Owner):
 			// Held, even by this owner: one owner never runs a batch twice.
 			return errSentinel{state.ErrLeaseHeld}
 		}
+		now := s.clock.Now()
 		d.Status, d.Error = string(state.StatusRunning), ""
 		d.LeaseOwner, d.LeaseEpoch = owner, d.LeaseEpoch+1
-		d.LeaseExpires, d.HeartbeatAt, d.UpdatedAt = now.Add(ttl).UnixNano(), now.UnixNano(), now.UnixNano()
+		d.LeaseExpires, d.HeartbeatAt, d.UpdatedAt = leaseNow.Add(ttl).UnixNano(), now.UnixNano(), now.UnixNano()
 		d.Attempt++
 		if err := tx.Set(s.batchRef(id), d); err != nil {
 			return err
@@ -519,28 +597,34 @@ func (s *Store) Claim(ctx context.Context, id, owner string, ttl time.Duration, 
 
 // fenced reads the batch in tx and checks that (owner, epoch) still holds it.
 func (s *Store) fenced(ctx context.Context, tx *firestore.Transaction, id string, l state.Lease) (*batchDoc, error) {
-	d, err := s.readBatch(ctx, tx, id)
+	d, _, err := s.fencedAt(ctx, tx, id, l)
+	return d, err
+}
+
+// fencedAt is fenced that also returns the read's time in lease time.
+func (s *Store) fencedAt(ctx context.Context, tx *firestore.Transaction, id string, l state.Lease) (*batchDoc, time.Time, error) {
+	d, at, err := s.readBatchAt(ctx, tx, id)
 	if err != nil {
-		return nil, err
+		return nil, at, err
 	}
 	if d.LeaseOwner != l.Owner || d.LeaseEpoch != l.Epoch || d.Status != string(state.StatusRunning) {
-		return nil, errSentinel{fmt.Errorf("owner %s, epoch %d: %w", l.Owner, l.Epoch, state.ErrLeaseLost)}
+		return nil, at, errSentinel{fmt.Errorf("owner %s, epoch %d: %w", l.Owner, l.Epoch, state.ErrLeaseLost)}
 	}
-	return d, nil
+	return d, at, nil
 }
 
 // Renew implements state.Store.
 func (s *Store) Renew(ctx context.Context, id string, l state.Lease, ttl time.Duration) (state.Lease, error) {
 	out := l
 	err := s.tx(ctx, "renew lease of "+id, func(ctx context.Context, tx *firestore.Transaction, wrote func(*firestore.DocumentRef)) error {
-		if _, err := s.fenced(ctx, tx, id, l); err != nil {
+		_, leaseNow, err := s.fencedAt(ctx, tx, id, l)
+		if err != nil {
 			return err
 		}
-		now := s.clock.Now()
-		out.ExpiresAt = now.Add(ttl)
+		out.ExpiresAt = leaseNow.Add(ttl)
 		if err := tx.Update(s.batchRef(id), []firestore.Update{
 			{Path: "lease_expires", Value: out.ExpiresAt.UnixNano()},
-			{Path: "heartbeat_at", Value: now.UnixNano()},
+			{Path: "heartbeat_at", Value: s.clock.Now().UnixNano()},
 		}); err != nil {
 			return err
 		}

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jonboulle/clockwork"
@@ -50,7 +51,37 @@ CREATE TABLE IF NOT EXISTS outbox (
 	sent_at    INTEGER NOT NULL DEFAULT 0
 ) STRICT;
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (sent_at, created_at);
+-- A batch's item list (thousands of players) lives apart from its row, so
+-- listing and sweeping batches never reads it. batches.items is '[]' for
+-- every batch created since; older ones are moved here when the store opens.
+CREATE TABLE IF NOT EXISTS batch_items (
+	batch_id TEXT PRIMARY KEY,
+	items    TEXT NOT NULL
+) STRICT;
 `
+
+// migrate brings a database of an older version up to this schema: the
+// columns added since, and total_items of batches that predate it.
+func migrate(ctx context.Context, db *sql.DB) error {
+	if err := sqlitedb.EnsureColumns(ctx, db, "outbox", [][2]string{{"failure", "TEXT NOT NULL DEFAULT ''"}}); err != nil {
+		return err
+	}
+	if err := sqlitedb.EnsureColumns(ctx, db, "batches", [][2]string{{"total_items", "INTEGER NOT NULL DEFAULT -1"}}); err != nil {
+		return err
+	}
+	if _, err := db.ExecContext(ctx, `UPDATE batches SET total_items = json_array_length(items) WHERE total_items < 0`); err != nil {
+		return fmt.Errorf("count the items of older batches: %w", err)
+	}
+	if _, err := db.ExecContext(ctx, `INSERT INTO batch_items (batch_id, items)
+		SELECT id, items FROM batches WHERE items != '[]' ON CONFLICT (batch_id) DO NOTHING`); err != nil {
+		return fmt.Errorf("move the items of older batches: %w", err)
+	}
+	if _, err := db.ExecContext(ctx, `UPDATE batches SET items = '[]',
+		request = json_remove(request, '$.players') WHERE items != '[]'`); err != nil {
+		return fmt.Errorf("move the items of older batches: %w", err)
+	}
+	return nil
+}
 
 // Store implements state.Store on SQLite.
 type Store struct {
@@ -69,7 +100,7 @@ func New(ctx context.Context, path string, clock clockwork.Clock) (*Store, error
 	if err != nil {
 		return nil, err
 	}
-	if err := sqlitedb.EnsureColumns(ctx, db, "outbox", [][2]string{{"failure", "TEXT NOT NULL DEFAULT ''"}}); err != nil {
+	if err := migrate(ctx, db); err != nil {
 		return nil, errors.Join(err, db.Close())
 	}
 	return &Store{db: db, clock: clock}, nil
@@ -84,21 +115,26 @@ func fromNanos(n int64) time.Time {
 	return time.Unix(0, n).UTC()
 }
 
-const columns = `id, request, fingerprint, items, status, done_chunks, done_items, predictions,
+const columns = `id, request, fingerprint,
+	(SELECT i.items FROM batch_items i WHERE i.batch_id = batches.id), status, done_chunks, done_items, predictions,
 	fallbacks, failed_items, attempt, lease_owner, lease_epoch, lease_expires, heartbeat_at,
-	error, created_at, updated_at, completed_at`
+	error, created_at, updated_at, completed_at, total_items`
+
+// summaryColumns are the columns without the item list (List, Orphans).
+var summaryColumns = strings.Replace(columns, "(SELECT i.items FROM batch_items i WHERE i.batch_id = batches.id)", "'null'", 1)
 
 type scanner interface{ Scan(dest ...any) error }
 
 func scanBatch(sc scanner) (state.Batch, error) {
 	var (
 		b                                    state.Batch
-		req, items, status                   string
+		req, status                          string
+		items                                sql.NullString
 		expires, hb, created, updated, compl int64
 	)
 	err := sc.Scan(&b.ID, &req, &b.Fingerprint, &items, &status, &b.DoneChunks, &b.DoneItems,
 		&b.Predictions, &b.Fallbacks, &b.FailedItems, &b.Attempt, &b.Lease.Owner, &b.Lease.Epoch,
-		&expires, &hb, &b.Error, &created, &updated, &compl)
+		&expires, &hb, &b.Error, &created, &updated, &compl, &b.TotalItems)
 	if errors.Is(err, sql.ErrNoRows) {
 		return b, state.ErrNotFound
 	}
@@ -108,8 +144,10 @@ func scanBatch(sc scanner) (state.Batch, error) {
 	if err := json.Unmarshal([]byte(req), &b.Request); err != nil {
 		return b, fmt.Errorf("decode request of %s: %w", b.ID, err)
 	}
-	if err := json.Unmarshal([]byte(items), &b.Items); err != nil {
-		return b, fmt.Errorf("decode items of %s: %w", b.ID, err)
+	if items.Valid && items.String != "null" { // a summary has none
+		if err := json.Unmarshal([]byte(items.String), &b.Items); err != nil {
+			return b, fmt.Errorf("decode items of %s: %w", b.ID, err)
+		}
 	}
 	b.Status = state.Status(status)
 	b.Lease.ExpiresAt = fromNanos(expires)
@@ -134,13 +172,20 @@ func (s *Store) Create(ctx context.Context, b state.Batch) (state.Batch, bool, e
 		b.Fingerprint = b.Request.Fingerprint()
 	}
 	now := s.now()
-	res, err := s.db.ExecContext(ctx, `INSERT INTO batches (id, request, fingerprint, items, status, created_at, updated_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`,
-		b.ID, string(req), b.Fingerprint, string(items), string(state.StatusPending), now, now)
-	if err != nil {
-		return b, false, fmt.Errorf("create batch %s: %w", b.ID, err)
-	}
-	n, err := res.RowsAffected()
+	var n int64
+	err = s.tx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `INSERT INTO batches (id, request, fingerprint, items, total_items, status, created_at, updated_at)
+			VALUES (?, ?, ?, '[]', ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`,
+			b.ID, string(req), b.Fingerprint, len(b.Items), string(state.StatusPending), now, now)
+		if err != nil {
+			return err
+		}
+		if n, err = res.RowsAffected(); err != nil || n == 0 {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, `INSERT INTO batch_items (batch_id, items) VALUES (?, ?)`, b.ID, string(items))
+		return err
+	})
 	if err != nil {
 		return b, false, fmt.Errorf("create batch %s: %w", b.ID, err)
 	}
@@ -186,7 +231,7 @@ func (s *Store) List(ctx context.Context, f state.ListFilter) ([]state.Batch, er
 	if limit <= 0 {
 		limit = 50
 	}
-	out, err := s.query(ctx, `SELECT `+columns+` FROM batches WHERE (? = '' OR status = ?)
+	out, err := s.query(ctx, `SELECT `+summaryColumns+` FROM batches WHERE (? = '' OR status = ?)
 		ORDER BY created_at DESC, id LIMIT ?`, string(f.Status), string(f.Status), limit)
 	if err != nil {
 		return nil, fmt.Errorf("list batches: %w", err)
@@ -199,7 +244,7 @@ func (s *Store) Orphans(ctx context.Context, limit int) ([]state.Batch, error) {
 	if limit <= 0 {
 		limit = 50
 	}
-	out, err := s.query(ctx, `SELECT `+columns+` FROM batches WHERE status IN ('pending', 'running')
+	out, err := s.query(ctx, `SELECT `+summaryColumns+` FROM batches WHERE status IN ('pending', 'running')
 		AND lease_expires <= ? ORDER BY updated_at, id LIMIT ?`, s.now(), limit)
 	if err != nil {
 		return nil, fmt.Errorf("find orphans: %w", err)

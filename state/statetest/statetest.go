@@ -433,6 +433,33 @@ func Run(t *testing.T, newStore NewStore) {
 		}
 	})
 
+	t.Run("SummariesLeaveItemsOut", func(t *testing.T) {
+		t.Parallel()
+		s, clock, ctx := setup(t, newStore)
+		mustCreate(t, s, batch("many", "a", "b", "c", "d", "e"))
+		clock.Advance(time.Second)
+		for _, list := range []func() ([]state.Batch, error){
+			func() ([]state.Batch, error) { return s.List(ctx, state.ListFilter{}) },
+			func() ([]state.Batch, error) { return s.Orphans(ctx, 10) },
+		} {
+			got, err := list()
+			if err != nil || len(got) != 1 {
+				t.Fatalf("list = %d batches, %v", len(got), err)
+			}
+			if got[0].Items != nil || got[0].TotalItems != 5 || got[0].ItemCount() != 5 || got[0].TotalChunks() != 3 {
+				t.Fatalf("summary of a listed batch: items %v, total %d, chunks %d; want no items, 5 in 3 chunks",
+					got[0].Items, got[0].TotalItems, got[0].TotalChunks())
+			}
+		}
+		// Get and Claim return the items.
+		if b, err := s.Get(ctx, "many"); err != nil || len(b.Items) != 5 || b.TotalItems != 5 {
+			t.Fatalf("Get = %v items, total %d, %v", b.Items, b.TotalItems, err)
+		}
+		if b := mustClaim(t, s, "many", "o"); len(b.Items) != 5 || b.Chunk(2)[0] != "e" {
+			t.Fatalf("Claim = %v items", b.Items)
+		}
+	})
+
 	t.Run("ConcurrentClaimsHaveOneWinner", func(t *testing.T) {
 		t.Parallel()
 		s, _, ctx := setup(t, newStore)
