@@ -40,8 +40,9 @@ for group in batches chunks outbox; do
   gcloud firestore fields ttls update expire_at --collection-group="$group" --enable-ttl --async || true
 done
 
-# BigQuery: dataset, staging and final tables (partitioned by game_date,
-# clustered by system_id and player_lookup).
+# BigQuery: dataset and the predictions table (partitioned by game_date,
+# clustered by system_id and player_lookup), written through the Storage
+# Write API.
 bash deploy/bigquery/create_tables.sh "$PROJECT_ID" "$DATASET"
 
 # Pub/Sub: requests, completion events, dead letters (ours), and the

@@ -109,9 +109,14 @@ type Progress struct {
 	Predictions int `json:"predictions"`
 	Fallbacks   int `json:"fallbacks"`
 	FailedItems int `json:"failed_items"`
+	// SinkToken is the sink's handle on the last checkpointed chunk's rows
+	// when the sink makes them visible only after the checkpoint (the
+	// BigQuery sink's pending write stream); "" otherwise.
+	SinkToken string `json:"sink_token,omitempty"`
 }
 
-// Add returns p plus the counters of one more chunk.
+// Add returns p plus the counters of one more chunk, whose sink token
+// replaces p's.
 func (p Progress) Add(c Progress) Progress {
 	return Progress{
 		DoneChunks:  p.DoneChunks + c.DoneChunks,
@@ -119,6 +124,7 @@ func (p Progress) Add(c Progress) Progress {
 		Predictions: p.Predictions + c.Predictions,
 		Fallbacks:   p.Fallbacks + c.Fallbacks,
 		FailedItems: p.FailedItems + c.FailedItems,
+		SinkToken:   c.SinkToken,
 	}
 }
 

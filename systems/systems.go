@@ -258,13 +258,31 @@ type Sink interface {
 	Write(ctx context.Context, batchID string, epoch int64, rows []Prediction) error
 }
 
-// Finalizer is a Sink that must do something once a batch's last chunk is
-// written (the BigQuery sink's MERGE from staging). The engine calls Finalize
-// before it marks the batch completed, and again after any crash in between,
-// so Finalize must be idempotent.
-type Finalizer interface {
-	Finalize(ctx context.Context, batchID, gameDate string) error
+// Stager is a Sink whose writes are durable but invisible until committed
+// (the BigQuery sink: one pending write stream per chunk). The engine stages a
+// chunk's rows, records the token in the chunk's checkpoint, then commits it;
+// a resumed run commits the last checkpointed token again before going on.
+// So only the rows of checkpointed chunks ever become visible: a chunk that
+// was staged but not checkpointed (a crash, a stale owner) is never
+// committed, and its replay stages new rows. The rows that become visible
+// are exactly those the checkpoints counted.
+type Stager interface {
+	// Stage writes rows durably but invisibly and returns the token that
+	// commits them.
+	Stage(ctx context.Context, batchID string, epoch int64, rows []Prediction) (token string, err error)
+	// Commit makes the staged rows of token visible. It is idempotent:
+	// rows already committed are success. rows tells a sink that must
+	// verify what it holds (the chunk's row count) and players are the
+	// chunk's players. ErrStagedRowsLost when the rows were neither
+	// committed nor can be any more.
+	Commit(ctx context.Context, batchID, token string, players []string, rows int) error
 }
+
+// ErrStagedRowsLost: a checkpointed chunk's staged rows were never committed
+// and the sink no longer has them (the pending stream expired while the
+// batch sat unclaimed). The batch fails, naming the chunk; nothing is
+// duplicated.
+var ErrStagedRowsLost = errors.New("staged rows of a checkpointed chunk were lost before they were committed")
 
 // PredictionReader streams the stored rows of a batch in key order.
 type PredictionReader interface {

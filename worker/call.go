@@ -76,11 +76,18 @@ const (
 // for the breaker, and the abandoned goroutine counts against maxAbandoned
 // until it returns.
 func (c *caller) call(ctx context.Context, fn func(context.Context) (systems.Estimate, error)) (systems.Estimate, string, error) {
+	if err := ctx.Err(); err != nil { // the run is being cancelled: nothing to ask, nothing to count
+		return systems.Estimate{}, "cancelled", err
+	}
 	done, err := c.breaker.Allow()
 	if err != nil {
 		return systems.Estimate{}, "circuit_open", err
 	}
 	if c.abandoned.Load() >= c.maxAbandoned {
+		if ctx.Err() != nil { // cancelled meanwhile: not the system's doing
+			done(context.Canceled)
+			return systems.Estimate{}, "cancelled", ctx.Err()
+		}
 		done(errSaturated) // a failure: the system is not answering
 		return systems.Estimate{}, "saturated", errSaturated
 	}

@@ -127,3 +127,36 @@ func TestDeclinesDoNotTripTheBreaker(t *testing.T) {
 		}
 	}
 }
+
+// A run cancelled mid-chunk (its lease lost, a drain) says nothing about
+// the systems: the calls it cuts short and the ones it skips do not count
+// towards any breaker.
+func TestCancelledRunDoesNotTripBreakers(t *testing.T) {
+	t.Parallel()
+	slow := &stub{id: "slow", fn: func(ctx context.Context, _ *systems.Features) (systems.Estimate, error) {
+		select {
+		case <-time.After(50 * time.Millisecond):
+			return systems.Estimate{Points: 10, Confidence: 50, Recommendation: systems.Pass}, nil
+		case <-ctx.Done():
+			return systems.Estimate{}, ctx.Err()
+		}
+	}}
+	b := setup(t, nil, func(r *systems.Registry) { r.Register(slow, "") })
+	e := b.engine(t, Config{BreakerFailures: 2, BreakerCooldown: time.Hour, Concurrency: 4, MaxAbandoned: 1})
+	batch, _, err := e.Submit(t.Context(), "cut", state.Request{GameDate: "2025-01-15", Players: players(t, 40), ChunkSize: 40})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	time.AfterFunc(120*time.Millisecond, cancel)
+	if _, err := e.Run(ctx, batch.ID, RunOptions{}); err == nil {
+		t.Fatal("the cancelled run completed")
+	}
+	if st := e.fanout.callers["slow"].breaker.State(); st != gobreaker.StateClosed {
+		t.Fatalf("breaker is %s after a cancelled run, want closed", st)
+	}
+	done, err := b.engine(t, Config{Owner: "next"}).Run(t.Context(), batch.ID, RunOptions{})
+	if err != nil || done.Fallbacks != 0 || done.FailedItems != 0 {
+		t.Fatalf("the next run: %d fallbacks, %d failed, %v", done.Fallbacks, done.FailedItems, err)
+	}
+}

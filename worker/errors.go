@@ -114,7 +114,7 @@ func Classify(err error) Class {
 		return ClassNotFound
 	case errors.Is(err, state.ErrFinished):
 		return ClassFinished
-	case errors.Is(err, systems.ErrPermanent), errors.Is(err, events.ErrRejected):
+	case errors.Is(err, systems.ErrPermanent), errors.Is(err, events.ErrRejected), errors.Is(err, systems.ErrStagedRowsLost):
 		return ClassDependency
 	case errors.Is(err, state.ErrLeaseHeld), errors.Is(err, state.ErrLeaseLost):
 		return ClassBusy

@@ -117,6 +117,9 @@ func (e *Engine) RunClaimed(ctx context.Context, b state.Batch, opts RunOptions)
 	if missing := e.missingSystems(b); len(missing) > 0 {
 		return r.b, e.fail(ctx, r.b, r.guard.lease(), &MissingSystemsError{Missing: missing, Running: e.registry.IDs()}, log)
 	}
+	if err := e.commitLast(r); err != nil {
+		return e.stopped(ctx, r, err)
+	}
 	return e.loop(ctx, r, opts)
 }
 
@@ -160,14 +163,6 @@ func (e *Engine) loop(ctx context.Context, r *run, opts RunOptions) (state.Batch
 // completed, fenced by the lease.
 func (e *Engine) complete(r *run) error {
 	b := r.b
-	if fin, ok := e.sink.(systems.Finalizer); ok {
-		err := e.retry(r.ctx, "finalize predictions", r.log, func() error {
-			return fin.Finalize(r.ctx, b.ID, b.Request.GameDate)
-		})
-		if err != nil {
-			return fmt.Errorf("finalize predictions: %w", err)
-		}
-	}
 	lease := r.guard.lease()
 	err := e.retry(r.ctx, "finish", r.log, func() error {
 		return e.store.Finish(r.ctx, b.ID, lease, state.StatusCompleted, "")
@@ -285,9 +280,7 @@ func (e *Engine) runChunk(ctx context.Context, b state.Batch, chunk int, g *leas
 		return b.Progress, fmt.Errorf("chunk %d: %w", chunk, state.ErrLeaseLost)
 	}
 	lease := g.lease()
-	if err := e.retry(ctx, "write predictions", log, func() error {
-		return e.sink.Write(ctx, b.ID, lease.Epoch, rows)
-	}); err != nil {
+	if delta.SinkToken, err = e.write(ctx, b.ID, lease.Epoch, rows, log); err != nil {
 		return b.Progress, fmt.Errorf("write chunk %d: %w", chunk, err)
 	}
 	next := b.Progress.Add(delta)
@@ -297,12 +290,57 @@ func (e *Engine) runChunk(ctx context.Context, b state.Batch, chunk int, g *leas
 		return b.Progress, fmt.Errorf("checkpoint chunk %d: %w", chunk, err)
 	}
 	g.renewed(cpStart, stored)
+	if err := e.commit(ctx, b, chunk, delta.SinkToken, log); err != nil {
+		return next, fmt.Errorf("commit chunk %d: %w", chunk, err)
+	}
 	e.metrics.CheckpointDuration.Observe(e.clock.Since(cpStart).Seconds())
 	e.metrics.ChunkDuration.Observe(e.clock.Since(start).Seconds())
 	log.Info("chunk committed", logging.Event(logging.EventChunkCommitted), slog.Int("done_chunks", next.DoneChunks),
 		slog.Int("total_chunks", b.TotalChunks()), slog.Int("rows", len(rows)),
 		slog.Int64("duration_ms", e.clock.Since(start).Milliseconds()))
 	return next, nil
+}
+
+// write stores a chunk's rows, retrying transient errors. A Stager's rows
+// stay invisible until commit; the token it returns goes into the
+// checkpoint.
+func (e *Engine) write(ctx context.Context, id string, epoch int64, rows []systems.Prediction, log *slog.Logger) (string, error) {
+	token := ""
+	err := e.retry(ctx, "write predictions", log, func() (err error) {
+		if st, ok := e.sink.(systems.Stager); ok {
+			token, err = st.Stage(ctx, id, epoch, rows)
+			return err
+		}
+		return e.sink.Write(ctx, id, epoch, rows)
+	})
+	return token, err
+}
+
+// commit makes a checkpointed chunk's staged rows visible (a Stager's; a
+// no-op for other sinks), retrying transient errors. Committing twice is
+// success, so a resumed run commits the last checkpointed chunk again.
+func (e *Engine) commit(ctx context.Context, b state.Batch, chunk int, token string, log *slog.Logger) error {
+	st, ok := e.sink.(systems.Stager)
+	if !ok || token == "" {
+		return nil
+	}
+	players := b.Chunk(chunk)
+	return e.retry(ctx, "commit predictions", log, func() error {
+		return st.Commit(ctx, b.ID, token, players, len(players)*len(b.Request.Systems))
+	})
+}
+
+// commitLast commits the last checkpointed chunk's staged rows: a crash may
+// have come between that checkpoint and its commit.
+func (e *Engine) commitLast(r *run) error {
+	if r.b.DoneChunks == 0 {
+		return nil
+	}
+	last := r.b.DoneChunks - 1
+	if err := e.commit(r.ctx, r.b, last, r.b.SinkToken, r.log); err != nil {
+		return fmt.Errorf("commit chunk %d: %w", last, err)
+	}
+	return nil
 }
 
 // checkpoint records next under lease, retrying transient errors. It

@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"cloud.google.com/go/bigquery"
+	"cloud.google.com/go/bigquery/storage/managedwriter"
 	"cloud.google.com/go/pubsub/v2"
 
 	"github.com/predworker/predworker/api"
@@ -162,13 +163,18 @@ func (a *app) openSink(ctx context.Context, cfg *Config) (systems.Sink, error) {
 		a.reader = s
 		return s, nil
 	}
-	client, err := bigquery.NewClient(ctx, cfg.Project)
+	writer, err := managedwriter.NewClient(ctx, cfg.Project)
+	if err != nil {
+		return nil, fmt.Errorf("bigquery storage write client: %w", err)
+	}
+	a.onClose(writer.Close)
+	query, err := bigquery.NewClient(ctx, cfg.Project)
 	if err != nil {
 		return nil, fmt.Errorf("bigquery client: %w", err)
 	}
-	a.onClose(client.Close)
-	return bqsource.NewSink(client, bqsource.SinkOptions{Project: cfg.PredictionsProject, Dataset: cfg.PredictionsDataset,
-		Staging: cfg.StagingTable, Final: cfg.PredictionsTable, CallTimeout: cfg.BigQueryTimeout})
+	a.onClose(query.Close)
+	return bqsource.NewSink(writer, query, bqsource.SinkOptions{Project: cfg.PredictionsProject, Dataset: cfg.PredictionsDataset,
+		Table: cfg.PredictionsTable, CallTimeout: cfg.BigQueryTimeout})
 }
 
 // openFeatureSource opens the configured feature source.

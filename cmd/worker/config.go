@@ -57,7 +57,6 @@ type Config struct {
 	PredictionsProject string `env:"BIGQUERY_PREDICTIONS_PROJECT"`
 	PredictionsDataset string `env:"BIGQUERY_PREDICTIONS_DATASET, default=nba_predictions"`
 	PredictionsTable   string `env:"BIGQUERY_PREDICTIONS_TABLE, default=predictions"`
-	StagingTable       string `env:"BIGQUERY_STAGING_TABLE, default=predictions_staging"`
 	// Pub/Sub topics for EVENTS=pubsub (ids in GOOGLE_CLOUD_PROJECT, or full names).
 	CompletionTopic string `env:"COMPLETION_TOPIC, default=predworker-completions"`
 	DeadLetterTopic string `env:"DEAD_LETTER_TOPIC, default=predworker-dead-letters"`
@@ -234,10 +233,8 @@ func (c *Config) validateBackends() error {
 		if c.PredictionsProject == "" {
 			c.PredictionsProject = c.Project
 		}
-		for _, t := range [][2]string{{"BIGQUERY_PREDICTIONS_TABLE", c.PredictionsTable}, {"BIGQUERY_STAGING_TABLE", c.StagingTable}} {
-			if err := (bqsource.Options{TableProject: c.PredictionsProject, Dataset: c.PredictionsDataset, Table: t[1]}).ValidateIdentifiers(); err != nil {
-				return fmt.Errorf("%s: %w", t[0], err)
-			}
+		if err := (bqsource.Options{TableProject: c.PredictionsProject, Dataset: c.PredictionsDataset, Table: c.PredictionsTable}).ValidateIdentifiers(); err != nil {
+			return fmt.Errorf("BIGQUERY_PREDICTIONS_TABLE: %w", err)
 		}
 	}
 	if c.StateStore == "firestore" && c.HeartbeatInterval < time.Second {

@@ -153,6 +153,7 @@ type chunkDoc struct {
 	Predictions int64      `firestore:"predictions"`
 	Fallbacks   int64      `firestore:"fallbacks"`
 	FailedItems int64      `firestore:"failed_items"`
+	SinkToken   string     `firestore:"sink_token"`
 	Owner       string     `firestore:"owner"`
 	Epoch       int64      `firestore:"epoch"`
 	CommittedAt int64      `firestore:"committed_at"`
@@ -199,7 +200,7 @@ func (d *batchDoc) batch() (state.Batch, error) {
 
 func (c *chunkDoc) progress() state.Progress {
 	return state.Progress{DoneChunks: int(c.DoneChunks), DoneItems: int(c.DoneItems),
-		Predictions: int(c.Predictions), Fallbacks: int(c.Fallbacks), FailedItems: int(c.FailedItems)}
+		Predictions: int(c.Predictions), Fallbacks: int(c.Fallbacks), FailedItems: int(c.FailedItems), SinkToken: c.SinkToken}
 }
 
 // ---------------------------------------------------------------------------
@@ -329,7 +330,7 @@ func (s *Store) leaseNow(read time.Time) time.Time {
 	if read.IsZero() { // not expected from Firestore; stay safe rather than wrong
 		read = time.Now().Add(time.Duration(s.serverOffset.Load()))
 	} else {
-		s.serverOffset.Store(int64(read.Sub(time.Now())))
+		s.serverOffset.Store(int64(time.Until(read)))
 		s.sawServer.Store(true)
 	}
 	if s.opts.ServerTime != nil {
@@ -659,7 +660,7 @@ func (s *Store) Checkpoint(ctx context.Context, id string, l state.Lease, p stat
 		expire := now.Add(s.opts.Retention) // batches finish long before their chunks expire
 		cd := &chunkDoc{Chunk: int64(chunk), DoneChunks: int64(p.DoneChunks), DoneItems: int64(p.DoneItems),
 			Predictions: int64(p.Predictions), Fallbacks: int64(p.Fallbacks), FailedItems: int64(p.FailedItems),
-			Owner: l.Owner, Epoch: l.Epoch, CommittedAt: now.UnixNano(), ExpireAt: &expire}
+			SinkToken: p.SinkToken, Owner: l.Owner, Epoch: l.Epoch, CommittedAt: now.UnixNano(), ExpireAt: &expire}
 		if err := tx.Create(s.chunkRef(id, chunk), cd); err != nil {
 			return err
 		}

@@ -162,7 +162,7 @@ func Run(t *testing.T, newStore NewStore) {
 		mustCreate(t, s, batch("b1", "a", "b", "c", "d", "e"))
 		l := mustClaim(t, s, "b1", "o1").Lease
 		clock.Advance(time.Second)
-		p := state.Progress{DoneChunks: 1, DoneItems: 2, Predictions: 4, Fallbacks: 1}
+		p := state.Progress{DoneChunks: 1, DoneItems: 2, Predictions: 4, Fallbacks: 1, SinkToken: "stream-0"}
 		after, err := s.Checkpoint(ctx, "b1", l, p, ttl)
 		if err != nil {
 			t.Fatal(err)

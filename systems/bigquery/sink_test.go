@@ -3,13 +3,15 @@ package bigquery_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -26,118 +28,209 @@ import (
 	"github.com/predworker/predworker/worker"
 )
 
-// fakeTables emulates the two tables: insertAll appends to staging (its
-// best-effort de-duplication is switched off, the worst case), and the MERGE
-// is applied with the semantics the statement states: one staging row per
-// key, inserted into final when final lacks the key.
-type fakeTables struct {
-	t         *testing.T
-	mu        sync.Mutex
-	staging   []map[string]any
-	insertIDs []string
-	final     map[string]map[string]any
-	merges    []map[string]any
+// countBQ answers the sink's verification query (COUNT of a chunk's rows)
+// with n, and checks its parameters.
+type countBQ struct {
+	t       *testing.T
+	n       atomic.Int64
+	queries atomic.Int64
 }
 
-func key(r map[string]any) string {
-	return fmt.Sprint(r["game_date"], "|", r["batch_id"], "|", r["player_lookup"], "|", r["system_id"])
-}
-
-var mergeOn = regexp.MustCompile(`(?s)ON (.*?)\nWHEN`)
-
-func (f *fakeTables) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	w.Header().Set("Content-Type", "application/json")
-	var body map[string]any
-	_ = json.NewDecoder(r.Body).Decode(&body)
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	switch {
-	case r.Method == "POST" && r.URL.Path == "/projects/pred-proj/datasets/nba/tables/predictions_staging/insertAll":
-		rows, _ := body["rows"].([]any)
-		for _, x := range rows {
-			row := x.(map[string]any)
-			f.insertIDs = append(f.insertIDs, row["insertId"].(string))
-			f.staging = append(f.staging, row["json"].(map[string]any))
-		}
-		_, _ = fmt.Fprint(w, `{"kind": "bigquery#tableDataInsertAllResponse"}`)
-	case r.Method == "POST" && r.URL.Path == "/projects/pred-proj/queries":
-		f.merges = append(f.merges, body)
-		sql, _ := body["query"].(string)
-		if !strings.HasPrefix(sql, "MERGE ") {
-			f.t.Errorf("unexpected query %q", sql)
-		}
-		params := map[string]string{}
-		raw, _ := json.Marshal(body["queryParameters"])
-		var ps []struct {
-			Name  string `json:"name"`
-			Value struct {
-				Value string `json:"value"`
-			} `json:"parameterValue"`
-		}
-		_ = json.Unmarshal(raw, &ps)
-		for _, p := range ps {
-			params[p.Name] = p.Value.Value
-		}
-		seen := map[string]bool{}
-		for _, row := range f.staging {
-			if row["batch_id"] != params["batch_id"] || row["game_date"] != params["game_date"] || seen[key(row)] {
-				continue
-			}
-			seen[key(row)] = true
-			if _, ok := f.final[key(row)]; !ok {
-				f.final[key(row)] = row
-			}
-		}
-		_, _ = fmt.Fprint(w, `{"kind": "bigquery#queryResponse", "jobComplete": true, "totalRows": "0",
-			"jobReference": {"projectId": "pred-proj", "jobId": "merge-1", "location": "US"}, "schema": {"fields": []}}`)
-	default:
-		f.t.Errorf("unexpected request %s %s", r.Method, r.URL.Path)
+func (c *countBQ) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != "POST" || r.URL.Path != "/projects/run-proj/queries" {
+		c.t.Errorf("unexpected request %s %s", r.Method, r.URL)
 		w.WriteHeader(http.StatusNotFound)
+		return
 	}
+	var body struct {
+		Query           string           `json:"query"`
+		QueryParameters []map[string]any `json:"queryParameters"`
+	}
+	if err := json.NewDecoder(r.Body).Decode(&body); err != nil {
+		c.t.Errorf("query body: %v", err)
+	}
+	c.queries.Add(1)
+	if !strings.Contains(body.Query, "@batch_id") || !strings.Contains(body.Query, "UNNEST(@players)") || len(body.QueryParameters) != 2 {
+		c.t.Errorf("verification query %q with %d parameters", body.Query, len(body.QueryParameters))
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(map[string]any{"kind": "bigquery#queryResponse", "jobComplete": true,
+		"jobReference": map[string]any{"projectId": "run-proj", "jobId": "count-1", "location": "US"},
+		"schema":       map[string]any{"fields": []any{map[string]any{"name": "n", "type": "INTEGER"}}},
+		"totalRows":    "1", "rows": []any{map[string]any{"f": []any{map[string]any{"v": fmt.Sprint(c.n.Load())}}}}})
 }
 
-func newSink(t *testing.T) (*bq.Sink, *fakeTables) {
+func newWriteSink(t *testing.T, timeout time.Duration) (*bq.Sink, *fakeWrite, *countBQ) {
 	t.Helper()
-	fake := &fakeTables{t: t, final: map[string]map[string]any{}}
-	srv := httptest.NewServer(fake)
+	fw := &fakeWrite{}
+	writer := newFakeWrite(t, fw)
+	cb := &countBQ{t: t}
+	srv := httptest.NewServer(cb)
 	t.Cleanup(srv.Close)
-	client, err := bigquery.NewClient(t.Context(), "pred-proj", option.WithEndpoint(srv.URL), option.WithoutAuthentication())
+	query, err := bigquery.NewClient(t.Context(), "run-proj", option.WithEndpoint(srv.URL), option.WithoutAuthentication())
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = client.Close() })
-	s, err := bq.NewSink(client, bq.SinkOptions{Project: "pred-proj", Dataset: "nba", Staging: "predictions_staging",
-		Final: "predictions", CallTimeout: 10 * time.Second})
+	t.Cleanup(func() { _ = query.Close() })
+	s, err := bq.NewSink(writer, query, bq.SinkOptions{Project: "pred-proj", Dataset: "nba", Table: "predictions", CallTimeout: timeout})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return s, fake
+	return s, fw, cb
 }
 
-// crashAfterWrite cancels the run when a given chunk is about to be
-// checkpointed: its rows are in the sink, its checkpoint is not, as after a
-// kill -9 at that instant.
-type crashAfterWrite struct {
-	state.Store
-	chunk  int
-	cancel context.CancelFunc
-	once   sync.Once
-}
-
-func (c *crashAfterWrite) Checkpoint(ctx context.Context, id string, l state.Lease, p state.Progress, ttl time.Duration) (state.Lease, error) {
-	if p.DoneChunks-1 == c.chunk {
-		crashed := false
-		c.once.Do(func() { c.cancel(); crashed = true })
-		if crashed {
-			return l, context.Canceled
+func predictionRows(batch string, players ...string) []systems.Prediction {
+	var out []systems.Prediction
+	line := 20.5
+	for _, p := range players {
+		for _, sys := range []string{"a", "b"} {
+			out = append(out, systems.Prediction{BatchID: batch, GameDate: "2025-01-15", GameID: "g1", PlayerLookup: p,
+				SystemID: sys, PredictedPoints: 21, Confidence: 60, Recommendation: systems.Over, Line: &line,
+				CreatedAt: time.Unix(1_736_900_000, 0)})
 		}
+	}
+	return out
+}
+
+// Staged rows are invisible until committed; a second commit is success and
+// adds nothing; every column arrives as written.
+func TestStagedRowsAppearOnlyOnCommit(t *testing.T) {
+	t.Parallel()
+	s, fw, _ := newWriteSink(t, 10*time.Second)
+	rows := predictionRows("b1", "x", "y")
+	token, err := s.Stage(t.Context(), "b1", 3, rows)
+	if err != nil || token == "" {
+		t.Fatalf("stage = %q, %v", token, err)
+	}
+	if n := len(fw.rows()); n != 0 {
+		t.Fatalf("%d rows visible before the commit", n)
+	}
+	for range 2 {
+		if err := s.Commit(t.Context(), "b1", token, []string{"x", "y"}, len(rows)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := fw.rows()
+	if len(got) != 4 {
+		t.Fatalf("%d rows after two commits, want 4", len(got))
+	}
+	r := got[0]
+	if r["batch_id"] != "b1" || r["player_lookup"] != "x" || r["system_id"] != "a" || r["epoch"] != int64(3) ||
+		r["line"] != 20.5 || r["recommendation"] != "OVER" || r["game_date"] != int32(20103) || r["fallback"] != false ||
+		r["created_at"] != int64(1_736_900_000_000_000) {
+		t.Fatalf("row as stored: %v", r)
+	}
+}
+
+// A column the table no longer has (schema drift) is a permanent error that
+// names it, never retried forever.
+func TestRowErrorsArePermanentAndNameTheColumn(t *testing.T) {
+	t.Parallel()
+	s, fw, _ := newWriteSink(t, 10*time.Second)
+	fw.rowError = "fallback_reason"
+	_, err := s.Stage(t.Context(), "b1", 1, predictionRows("b1", "x"))
+	if !errors.Is(err, systems.ErrPermanent) || !strings.Contains(err.Error(), "fallback_reason") ||
+		worker.Classify(err) != worker.ClassDependency {
+		t.Fatalf("stage into a drifted table = %v (%s), want a permanent error naming fallback_reason", err, worker.Classify(err))
+	}
+}
+
+// A checkpointed stream BigQuery no longer knows: the table says whether
+// its rows were committed (success) or lost (ErrStagedRowsLost), never a
+// second copy.
+func TestForgottenStreamIsVerifiedAgainstTheTable(t *testing.T) {
+	t.Parallel()
+	s, fw, cb := newWriteSink(t, 10*time.Second)
+	rows := predictionRows("b1", "x", "y")
+	token, err := s.Stage(t.Context(), "b1", 1, rows)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Commit(t.Context(), "b1", token, []string{"x", "y"}, 4); err != nil {
+		t.Fatal(err)
+	}
+	fw.forget(token) // garbage collected since
+	cb.n.Store(4)
+	if err := s.Commit(t.Context(), "b1", token, []string{"x", "y"}, 4); err != nil {
+		t.Fatalf("commit of a committed, forgotten stream = %v", err)
+	}
+	lost, err := s.Stage(t.Context(), "b1", 1, predictionRows("b1", "z"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fw.forget(lost) // expired before anyone committed it
+	cb.n.Store(0)
+	if err := s.Commit(t.Context(), "b1", lost, []string{"z"}, 2); !errors.Is(err, systems.ErrStagedRowsLost) ||
+		!worker.Classify(err).Permanent() {
+		t.Fatalf("commit of a lost stream = %v, want ErrStagedRowsLost", err)
+	}
+	if n := len(fw.rows()); n != 4 || cb.queries.Load() != 2 {
+		t.Fatalf("%d rows and %d verification queries, want 4 and 2", n, cb.queries.Load())
+	}
+}
+
+// chaos injects the failures the engine must survive into the state store
+// and the sink: a crash between staging and checkpoint, and one between
+// checkpoint and commit.
+type chaos struct {
+	state.Store
+	sink           *bq.Sink
+	crashCheckpt   int // chunk whose checkpoint the run never reaches
+	crashCommit    int // chunk whose commit the run never reaches
+	cancel         context.CancelFunc
+	cpOnce, cmOnce sync.Once
+}
+
+func (c *chaos) Checkpoint(ctx context.Context, id string, l state.Lease, p state.Progress, ttl time.Duration) (state.Lease, error) {
+	crashed := false
+	if p.DoneChunks-1 == c.crashCheckpt {
+		c.cpOnce.Do(func() { c.cancel(); crashed = true })
+	}
+	if crashed {
+		return l, context.Canceled
 	}
 	return c.Store.Checkpoint(ctx, id, l, p, ttl)
 }
 
-func TestSinkExactlyOnceAcrossCrashAndReplay(t *testing.T) {
+type chaosSink struct{ *chaos }
+
+func (c chaosSink) Write(ctx context.Context, batchID string, epoch int64, rows []systems.Prediction) error {
+	return c.sink.Write(ctx, batchID, epoch, rows)
+}
+
+func (c chaosSink) Stage(ctx context.Context, batchID string, epoch int64, rows []systems.Prediction) (string, error) {
+	return c.sink.Stage(ctx, batchID, epoch, rows)
+}
+
+func (c chaosSink) Commit(ctx context.Context, batchID, token string, players []string, rows int) error {
+	crashed := false
+	if len(players) > 0 && players[0] == c.firstOfChunk(c.crashCommit) {
+		c.cmOnce.Do(func() { c.cancel(); crashed = true })
+	}
+	if crashed {
+		return context.Canceled
+	}
+	return c.sink.Commit(ctx, batchID, token, players, rows)
+}
+
+var chunkFirst sync.Map // chunk index → first player, set by the test
+
+func (c *chaos) firstOfChunk(i int) string {
+	v, _ := chunkFirst.Load(i)
+	s, _ := v.(string)
+	return s
+}
+
+// The engine with the Storage Write API sink, through everything that used
+// to duplicate rows: an append that lands but whose answer is lost (the
+// retry stages another stream), a crash between staging and checkpoint, a
+// crash between checkpoint and commit, and a stale owner that stages after
+// it was taken over. The table ends with exactly one row per (player,
+// system), and the status counters equal it.
+func TestSinkExactlyOnceAcrossCrashesAndTakeover(t *testing.T) {
 	t.Parallel()
-	sink, fake := newSink(t)
+	sink, fw, _ := newWriteSink(t, 2*time.Second)
+	fw.dropAck = 1 // the first append lands, its answer never comes
 	st, err := statesqlite.New(t.Context(), filepath.Join(t.TempDir(), "state.db"), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -151,80 +244,116 @@ func TestSinkExactlyOnceAcrossCrashAndReplay(t *testing.T) {
 		t.Fatal(err)
 	}
 	players := slate[:11] // 3 chunks of 4
-	runCtx, cancel := context.WithCancel(t.Context())
-	crash := &crashAfterWrite{Store: st, chunk: 1, cancel: cancel}
-	e1, err := worker.New(worker.Config{Owner: "first"}, worker.Deps{Store: crash, Features: league.Default(), Sink: sink, Registry: reg})
-	if err != nil {
-		t.Fatal(err)
+	for i := range 3 {
+		chunkFirst.Store(i, players[i*4])
 	}
+	engine := func(owner string, store state.Store, s systems.Sink) *worker.Engine {
+		e, err := worker.New(worker.Config{Owner: owner, RetryMaxInterval: 50 * time.Millisecond},
+			worker.Deps{Store: store, Features: league.Default(), Sink: s, Registry: reg})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e
+	}
+	// First owner: chunk 0 (through the lost answer), then a crash before
+	// chunk 1's checkpoint.
+	ctx1, cancel1 := context.WithCancel(t.Context())
+	c1 := &chaos{Store: st, sink: sink, crashCheckpt: 1, crashCommit: -1, cancel: cancel1}
+	e1 := engine("first", c1, chaosSink{c1})
 	b, _, err := e1.Submit(t.Context(), "bq-batch", state.Request{GameDate: "2025-01-15", Players: players, ChunkSize: 4})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e1.Run(runCtx, b.ID, worker.RunOptions{}); err == nil {
-		t.Fatal("the crashed run reported success")
+	if _, err := e1.Run(ctx1, b.ID, worker.RunOptions{}); err == nil {
+		t.Fatal("the first run survived its crash")
+	}
+	// Second owner: re-runs chunk 1, crashes between its checkpoint and its
+	// commit.
+	ctx2, cancel2 := context.WithCancel(t.Context())
+	c2 := &chaos{Store: st, sink: sink, crashCheckpt: -1, crashCommit: 1, cancel: cancel2}
+	if _, err := engine("second", c2, chaosSink{c2}).Run(ctx2, b.ID, worker.RunOptions{Claim: state.ClaimOptions{Force: true}}); err == nil {
+		t.Fatal("the second run survived its crash")
 	}
 	mid, err := st.Get(t.Context(), b.ID)
-	if err != nil || mid.DoneChunks != 1 {
-		t.Fatalf("after the crash: done %d (%v), want 1 (chunk 1 written, not checkpointed)", mid.DoneChunks, err)
+	if err != nil || mid.DoneChunks != 2 || mid.SinkToken == "" {
+		t.Fatalf("after the second crash: %d chunks, token %q, %v", mid.DoneChunks, mid.SinkToken, err)
 	}
-	// Resume (another owner): chunk 1 is written again, then the rest, then the MERGE.
-	e2, err := worker.New(worker.Config{Owner: "second"}, worker.Deps{Store: st, Features: league.Default(), Sink: sink, Registry: reg})
+	// A stale owner (the first, paused with its old lease) stages chunk 2:
+	// its checkpoint is fenced, so it never commits.
+	stale := mid.Lease
+	stale.Owner, stale.Epoch = "first", 1
+	if _, err := sink.Stage(t.Context(), b.ID, 1, predictionRows(b.ID, "stale-player")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Checkpoint(t.Context(), b.ID, stale, state.Progress{DoneChunks: 3}, time.Minute); !errors.Is(err, state.ErrLeaseLost) {
+		t.Fatalf("stale checkpoint = %v", err)
+	}
+	// Third owner: commits chunk 1's stream again, runs chunk 2, completes.
+	done, err := engine("third", st, sink).Run(t.Context(), b.ID, worker.RunOptions{Claim: state.ClaimOptions{Force: true}})
+	if err != nil || done.Status != state.StatusCompleted {
+		t.Fatalf("third run: %s, %v", done.Status, err)
+	}
+	seen := map[string]int{}
+	var stored state.Progress
+	for _, r := range fw.rows() {
+		seen[fmt.Sprint(r["player_lookup"], "/", r["system_id"])]++
+		switch {
+		case r["failed"] == true:
+			stored.FailedItems++
+		case r["fallback"] == true:
+			stored.Fallbacks++
+			stored.Predictions++
+		default:
+			stored.Predictions++
+		}
+	}
+	for _, p := range players {
+		for _, sys := range []string{movingavg.ID, zonematchup.ID} {
+			if n := seen[p+"/"+sys]; n != 1 {
+				t.Errorf("%s/%s: %d rows, want exactly 1", p, sys, n)
+			}
+		}
+	}
+	if len(seen) != 22 {
+		t.Errorf("%d keys in the table, want 22 (the stale owner's must not be there)", len(seen))
+	}
+	created, committed := fw.streamCounts()
+	t.Logf("%d pending streams created, %d committed", created, committed)
+	// chunk 0 twice (the lost answer), chunk 1 by the first and the second
+	// owner, the stale owner's, chunk 2: 6 staged; one per chunk committed.
+	if created != 6 || committed != 3 {
+		t.Errorf("%d streams staged and %d committed, want 6 and 3", created, committed)
+	}
+	if stored.Predictions != done.Predictions || stored.Fallbacks != done.Fallbacks || stored.FailedItems != done.FailedItems {
+		t.Errorf("status counts %d/%d/%d, the table holds %d/%d/%d", done.Predictions, done.Fallbacks, done.FailedItems,
+			stored.Predictions, stored.Fallbacks, stored.FailedItems)
+	}
+}
+
+// The schema in Go and the deployed table's schema file are the same.
+func TestSchemaFileMatchesTheSink(t *testing.T) {
+	t.Parallel()
+	raw, err := os.ReadFile("../../deploy/bigquery/predictions_schema.json")
 	if err != nil {
 		t.Fatal(err)
 	}
-	done, err := e2.Run(t.Context(), b.ID, worker.RunOptions{Claim: state.ClaimOptions{Force: true}})
-	if err != nil || done.Status != state.StatusCompleted {
-		t.Fatalf("resume: %s %v", done.Status, err)
-	}
-	// A replayed completion (crash between MERGE and Finish) merges again: no effect.
-	if err := sink.Finalize(t.Context(), b.ID, "2025-01-15"); err != nil {
+	var file []struct{ Name, Type, Mode string }
+	if err := json.Unmarshal(raw, &file); err != nil {
 		t.Fatal(err)
 	}
-
-	want := len(players) * 2
-	if len(fake.staging) <= want {
-		t.Fatalf("staging has %d rows; the replayed chunk should have duplicated some (de-duplication off)", len(fake.staging))
+	if len(file) != len(bq.PredictionSchema) {
+		t.Fatalf("%d columns in the file, %d in the sink", len(file), len(bq.PredictionSchema))
 	}
-	if len(fake.final) != want {
-		t.Fatalf("final table has %d rows, want exactly one per key: %d", len(fake.final), want)
-	}
-	// Insert ids are deterministic: the replayed rows carried the same ids.
-	ids := map[string]int{}
-	for _, id := range fake.insertIDs {
-		ids[id]++
-	}
-	if len(ids) != want {
-		t.Fatalf("%d distinct insert ids for %d keys", len(ids), want)
-	}
-	if id := bq.InsertID("bq-batch", players[0], movingavg.ID); ids[id] == 0 {
-		t.Fatalf("insert id of (%s, %s) not the documented hash", players[0], movingavg.ID)
-	}
-	// The MERGE's key is exactly the documented key; values only as parameters.
-	if len(fake.merges) != 2 {
-		t.Fatalf("%d MERGE statements, want 2", len(fake.merges))
-	}
-	sql := fake.merges[0]["query"].(string)
-	on := mergeOn.FindStringSubmatch(sql)
-	if on == nil {
-		t.Fatalf("no ON clause in %s", sql)
-	}
-	var cols []string
-	for _, m := range regexp.MustCompile(`T\.(\w+) = S\.(\w+)`).FindAllStringSubmatch(on[1], -1) {
-		if m[1] != m[2] {
-			t.Errorf("ON compares T.%s with S.%s", m[1], m[2])
+	types := map[bigquery.FieldType]string{bigquery.StringFieldType: "STRING", bigquery.DateFieldType: "DATE",
+		bigquery.FloatFieldType: "FLOAT64", bigquery.BooleanFieldType: "BOOL", bigquery.TimestampFieldType: "TIMESTAMP",
+		bigquery.IntegerFieldType: "INT64"}
+	for i, f := range bq.PredictionSchema {
+		mode := "NULLABLE"
+		if f.Required {
+			mode = "REQUIRED"
 		}
-		cols = append(cols, m[1])
-	}
-	if strings.Join(cols, ",") != strings.Join(bq.MergeKey, ",") {
-		t.Errorf("MERGE key = %v, want %v", cols, bq.MergeKey)
-	}
-	if !strings.Contains(sql, "PARTITION BY game_date, batch_id, player_lookup, system_id") {
-		t.Errorf("staging rows are not reduced by the same key: %s", sql)
-	}
-	for _, leaked := range []string{"bq-batch", "2025-01-15", players[0]} {
-		if strings.Contains(sql, leaked) {
-			t.Errorf("MERGE text contains the value %q", leaked)
+		if file[i].Name != f.Name || file[i].Type != types[f.Type] || file[i].Mode != mode {
+			t.Errorf("column %d: file %+v, sink %s %s %s", i, file[i], f.Name, types[f.Type], mode)
 		}
 	}
 }
