@@ -1,12 +1,12 @@
 // Package deploy_test checks the deployment files against the code: the
 // Cloud Run service definition parses and its probes and port match what the
-// binary serves, every gcloud and bq command in the setup scripts uses flags
-// the installed CLI has, and the Dockerfile's own build command produces a
-// static binary that starts and answers /health.
+// binary serves, deploy/setup.sh runs end to end against stand-ins for gcloud
+// and bq whose every call is checked against the installed CLI
+// (setup_test.go), and the Dockerfile's own build command produces a static
+// binary that starts and answers /health.
 package deploy_test
 
 import (
-	"bufio"
 	"debug/elf"
 	"fmt"
 	"net"
@@ -21,8 +21,6 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
-
-	"github.com/predworker/predworker/internal/emulator"
 )
 
 type probe struct {
@@ -43,6 +41,8 @@ type service struct {
 				ContainerConcurrency int    `yaml:"containerConcurrency"`
 				ServiceAccountName   string `yaml:"serviceAccountName"`
 				Containers           []struct {
+					Name  string `yaml:"name"`
+					Image string `yaml:"image"`
 					Ports []struct {
 						ContainerPort int `yaml:"containerPort"`
 					} `yaml:"ports"`
@@ -87,8 +87,13 @@ func TestServiceDefinitionMatchesTheCode(t *testing.T) {
 		t.Fatalf("service.yaml does not parse: %v", err)
 	}
 	spec := s.Spec.Template.Spec
-	if len(spec.Containers) != 1 {
-		t.Fatalf("%d containers", len(spec.Containers))
+	// The app, and the metrics collector that scrapes it.
+	if len(spec.Containers) != 2 || spec.Containers[0].Name != "app" || spec.Containers[1].Name != "collector" ||
+		!strings.Contains(spec.Containers[1].Image, "cloud-run-gmp-sidecar") {
+		t.Fatalf("containers %+v, want the app and the Managed Prometheus collector", spec.Containers)
+	}
+	if !strings.Contains(s.Spec.Template.Metadata.Annotations["run.googleapis.com/container-dependencies"], `"collector":["app"]`) {
+		t.Error("the collector does not wait for the app")
 	}
 	c := spec.Containers[0]
 	// The binary listens on PORT, 8080 by default, and serves /ready and /health.
@@ -135,123 +140,7 @@ func TestServiceDefinitionMatchesTheCode(t *testing.T) {
 	}
 }
 
-// commands returns the shell commands of a script that start with one of
-// the given programs, with continuation lines joined.
-func commands(t *testing.T, path string, programs ...string) [][]string {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = f.Close() }()
-	var out [][]string
-	var cur string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		if strings.HasPrefix(line, "#") {
-			continue
-		}
-		cur += " " + strings.TrimSuffix(line, "\\")
-		if strings.HasSuffix(line, "\\") {
-			continue
-		}
-		fields := strings.Fields(cur)
-		cur = ""
-		for i, f := range fields {
-			f = strings.TrimPrefix(f, "$(")
-			for _, p := range programs {
-				if f == p && (i == 0 || fields[i-1] == "do" || strings.HasPrefix(fields[i-1], "\"$(") || strings.HasSuffix(fields[i-1], "=\"$(")) {
-					out = append(out, fields[i:])
-				}
-			}
-		}
-	}
-	return out
-}
-
 var flagRe = regexp.MustCompile(`^--([a-z_-]+)`)
-
-// TestSetupCommandsAreValid asks the installed gcloud and bq for the help of
-// every command the setup scripts run, and checks every flag they pass.
-func TestSetupCommandsAreValid(t *testing.T) {
-	t.Parallel()
-	if _, err := exec.LookPath("gcloud"); err != nil {
-		emulator.SkipOrFail(t, "gcloud is not installed: "+err.Error())
-	}
-	helps := map[string]string{}
-	help := func(args ...string) string {
-		key := strings.Join(args, " ")
-		if h, ok := helps[key]; ok {
-			return h
-		}
-		// bq help exits 1 even when it prints the help; judge by the text.
-		out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
-		if !strings.Contains(string(out), "--") {
-			t.Fatalf("%s: %v\n%s", key, err, out)
-		}
-		helps[key] = string(out)
-		return helps[key]
-	}
-	checked := 0
-	for _, script := range []string{"setup.sh", "bigquery/create_tables.sh"} {
-		for _, cmd := range commands(t, script, "gcloud", "bq") {
-			var path []string
-			var flags []string
-			for _, w := range cmd[1:] {
-				switch {
-				case strings.HasPrefix(w, "--"):
-					flags = append(flags, flagRe.FindStringSubmatch(w)[1])
-				case len(flags) == 0 && regexp.MustCompile(`^[a-z][a-z-]*$`).MatchString(w):
-					path = append(path, w)
-				}
-			}
-			var text string
-			if cmd[0] == "gcloud" {
-				// The command path is the leading words that gcloud knows
-				// as groups and commands; positional arguments follow.
-				for len(path) > 0 {
-					out, err := exec.Command("gcloud", append(path, "--help")...).CombinedOutput()
-					if err == nil {
-						text = string(out)
-						break
-					}
-					path = path[:len(path)-1]
-				}
-				if text == "" {
-					t.Errorf("%s: not a gcloud command", strings.Join(cmd, " "))
-					continue
-				}
-			} else {
-				path = nil // bq takes global flags first: the command is the first plain word
-				for _, w := range cmd[1:] {
-					if regexp.MustCompile(`^[a-z]+$`).MatchString(w) {
-						path = append(path, w)
-						break
-					}
-				}
-				if len(path) == 0 {
-					t.Errorf("%s: no bq command", strings.Join(cmd, " "))
-					continue
-				}
-				text = help("bq", "help", path[0])
-			}
-			for _, f := range flags {
-				if f == "project_id" && cmd[0] == "bq" {
-					continue // a global bq flag
-				}
-				if !strings.Contains(text, "--"+f) && !strings.Contains(text, "--[no]"+f) {
-					t.Errorf("%s %s: the installed CLI has no --%s", cmd[0], strings.Join(path, " "), f)
-				}
-			}
-			checked++
-		}
-	}
-	if checked < 15 {
-		t.Fatalf("only %d commands found in the setup scripts", checked)
-	}
-	t.Logf("%d gcloud/bq commands checked against the installed CLI", checked)
-}
 
 // TestDockerfileBuildCommand runs the Dockerfile's own go build line (there
 // is no Docker engine here) and checks that it yields a static binary that

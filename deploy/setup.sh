@@ -1,88 +1,166 @@
 #!/usr/bin/env bash
-# One-time setup of a predworker deployment: APIs, service accounts, IAM,
-# Pub/Sub topics and the push subscription, Firestore indexes and TTL
-# policies, BigQuery dataset and tables, the Cloud Run service, and the Cloud
-# Scheduler sweep job. Idempotent enough to re-run: "already exists" is fine.
+# One-time setup of a predworker deployment, in an order that works on the
+# first run: APIs, Artifact Registry, service accounts and their (scoped)
+# roles, Firestore database, indexes, exemptions and TTL policies, the
+# BigQuery dataset and table, Pub/Sub topics and subscriptions (none ever
+# expires; every dead-letter topic has one), the Cloud Run service (its URL
+# is computed before it exists, so the first revision already has the right
+# audiences), the Cloud Scheduler sweep job, and the alert policies.
+# Re-running it is safe: "already exists" is fine.
 #
-#   PROJECT_ID=my-project REGION=us-central1 IMAGE=REGION-docker.pkg.dev/... \
+#   PROJECT_ID=my-project REGION=us-central1 \
+#   IMAGE=us-central1-docker.pkg.dev/my-project/predworker/worker:TAG \
 #   OPERATOR_EMAILS=oncall@example.com bash deploy/setup.sh
+#
+# Optional: DATASET (nba_predictions), FIRESTORE_PREFIX (""), SERVICE
+# (predworker), ALERT_EMAIL (a notification channel for the alerts).
 set -euo pipefail
 : "${PROJECT_ID:?set PROJECT_ID}" "${REGION:?set REGION}" "${IMAGE:?set IMAGE}"
 OPERATOR_EMAILS="${OPERATOR_EMAILS:-}"
 DATASET="${DATASET:-nba_predictions}"
+FIRESTORE_PREFIX="${FIRESTORE_PREFIX:-}"
+SERVICE="${SERVICE:-predworker}"
+ALERT_EMAIL="${ALERT_EMAIL:-}"
 cd "$(dirname "$0")/.."
 
 gcloud config set project "$PROJECT_ID"
 gcloud services enable run.googleapis.com pubsub.googleapis.com firestore.googleapis.com \
-  bigquery.googleapis.com cloudscheduler.googleapis.com artifactregistry.googleapis.com
+  bigquery.googleapis.com bigquerystorage.googleapis.com cloudscheduler.googleapis.com \
+  artifactregistry.googleapis.com cloudbuild.googleapis.com monitoring.googleapis.com \
+  cloudtrace.googleapis.com iamcredentials.googleapis.com
+PROJECT_NUMBER="$(gcloud projects describe "$PROJECT_ID" --format='value(projectNumber)')"
+# Cloud Run's URL is deterministic: the first revision gets its audiences
+# right instead of refusing to start without them.
+SERVICE_URL="https://${SERVICE}-${PROJECT_NUMBER}.${REGION}.run.app"
 
-# Service accounts: the service itself, Pub/Sub's push identity, the scheduler.
-export RUN_SA="predworker-run@${PROJECT_ID}.iam.gserviceaccount.com"
-export PUSH_SA="predworker-push@${PROJECT_ID}.iam.gserviceaccount.com"
+# Artifact Registry for the images cloudbuild.yaml pushes.
+gcloud artifacts repositories create predworker --repository-format=docker --location="$REGION" \
+  --description="predworker images" || true
+
+# Service accounts: the service, Pub/Sub's push identity, the scheduler, and
+# the operator identity people impersonate to call the API.
+RUN_SA="predworker-run@${PROJECT_ID}.iam.gserviceaccount.com"
+PUSH_SA="predworker-push@${PROJECT_ID}.iam.gserviceaccount.com"
 SCHED_SA="predworker-scheduler@${PROJECT_ID}.iam.gserviceaccount.com"
+OPS_SA="predworker-operator@${PROJECT_ID}.iam.gserviceaccount.com"
+BUILD_SA="${PROJECT_NUMBER}@cloudbuild.gserviceaccount.com"
 gcloud iam service-accounts create predworker-run --display-name="predworker service" || true
 gcloud iam service-accounts create predworker-push --display-name="predworker Pub/Sub push" || true
 gcloud iam service-accounts create predworker-scheduler --display-name="predworker sweep scheduler" || true
-for role in roles/datastore.user roles/bigquery.dataEditor roles/bigquery.jobUser roles/pubsub.publisher; do
-  gcloud projects add-iam-policy-binding "$PROJECT_ID" --member="serviceAccount:${RUN_SA}" --role="$role"
+gcloud iam service-accounts create predworker-operator --display-name="predworker operators" || true
+# The sweep job and the operator identity call the operator API.
+for sa in "$SCHED_SA" "$OPS_SA"; do
+  case ",${OPERATOR_EMAILS}," in *",${sa},"*) ;; *) OPERATOR_EMAILS="${OPERATOR_EMAILS:+${OPERATOR_EMAILS},}${sa}" ;; esac
 done
 
-# Firestore: database, composite indexes, TTL policies (firestore.indexes.json).
+# Project-level roles only where nothing finer exists: Firestore, BigQuery
+# jobs (queries run in the project), Cloud Trace and Monitoring writes.
+for role in roles/datastore.user roles/bigquery.jobUser roles/cloudtrace.agent roles/monitoring.metricWriter; do
+  gcloud projects add-iam-policy-binding "$PROJECT_ID" --member="serviceAccount:${RUN_SA}" --role="$role" --condition=None
+done
+# Cloud Build deploys the service as RUN_SA and pushes images.
+for role in roles/run.admin roles/artifactregistry.writer; do
+  gcloud projects add-iam-policy-binding "$PROJECT_ID" --member="serviceAccount:${BUILD_SA}" --role="$role" --condition=None
+done
+gcloud iam service-accounts add-iam-policy-binding "$RUN_SA" \
+  --member="serviceAccount:${BUILD_SA}" --role=roles/iam.serviceAccountUser
+# Operators impersonate OPS_SA to get ID tokens for the service's audience.
+for who in $(echo "$OPERATOR_EMAILS" | tr ',' ' '); do
+  case "$who" in *.gserviceaccount.com) continue ;; esac
+  gcloud iam service-accounts add-iam-policy-binding "$OPS_SA" \
+    --member="user:${who}" --role=roles/iam.serviceAccountTokenCreator
+done
+
+# Firestore: database, the composite indexes and exemptions of
+# firestore.indexes.json, and TTL policies, with FIRESTORE_PREFIX applied to
+# the collection names (chunks is a subcollection, never prefixed).
 gcloud firestore databases create --location="$REGION" || true
-gcloud firestore indexes composite create --collection-group=batches --query-scope=collection \
+P="$FIRESTORE_PREFIX"
+gcloud firestore indexes composite create --collection-group="${P}batches" --query-scope=collection \
   --field-config=field-path=status,order=ascending --field-config=field-path=lease_expires,order=ascending || true
-gcloud firestore indexes composite create --collection-group=batches --query-scope=collection \
+gcloud firestore indexes composite create --collection-group="${P}batches" --query-scope=collection \
   --field-config=field-path=status,order=ascending --field-config=field-path=created_at,order=descending \
   --field-config=field-path=batch_id,order=ascending || true
-gcloud firestore indexes composite create --collection-group=outbox --query-scope=collection \
+gcloud firestore indexes composite create --collection-group="${P}batches" --query-scope=collection \
+  --field-config=field-path=created_at,order=descending --field-config=field-path=batch_id,order=ascending || true
+gcloud firestore indexes composite create --collection-group="${P}outbox" --query-scope=collection \
   --field-config=field-path=sent,order=ascending --field-config=field-path=created_at,order=ascending || true
-for group in batches chunks outbox; do
-  gcloud firestore fields ttls update expire_at --collection-group="$group" --enable-ttl --async || true
+# A batch's item list holds thousands of names: never indexed.
+gcloud firestore indexes fields update items --collection-group="${P}batches" --disable-indexes --quiet || true
+for group in "${P}batches" chunks "${P}outbox" "${P}dead_letters" "${P}push_attempts"; do
+  gcloud firestore fields ttls update expire_at --collection-group="$group" --enable-ttl --async --quiet || true
 done
 
-# BigQuery: dataset and the predictions table (partitioned by game_date,
-# clustered by system_id and player_lookup), written through the Storage
-# Write API.
-bash deploy/bigquery/create_tables.sh "$PROJECT_ID" "$DATASET"
+# BigQuery: dataset (in REGION) and the predictions table. The service may
+# read the dataset (features) and write the predictions table, nothing else.
+bash deploy/bigquery/create_tables.sh "$PROJECT_ID" "$DATASET" "$REGION"
+bq --project_id="$PROJECT_ID" add-iam-policy-binding --dataset --member="serviceAccount:${RUN_SA}" \
+  --role=roles/bigquery.dataViewer "${PROJECT_ID}:${DATASET}"
+bq --project_id="$PROJECT_ID" add-iam-policy-binding --member="serviceAccount:${RUN_SA}" \
+  --role=roles/bigquery.dataEditor "${PROJECT_ID}:${DATASET}.predictions"
 
-# Pub/Sub: requests, completion events, dead letters (ours), and the
-# subscription's own dead-letter topic for deliveries that never got an answer.
+# Pub/Sub: batch requests, completion events, dead letters (ours), and the
+# push subscription's own dead-letter topic. The service publishes to the
+# first three (continuations, events, dead letters); every topic that
+# receives dead letters has a subscription, and no subscription expires.
 for topic in predworker-requests predworker-completions predworker-dead-letters predworker-push-dlq; do
   gcloud pubsub topics create "$topic" || true
 done
+for topic in predworker-requests predworker-completions predworker-dead-letters; do
+  gcloud pubsub topics add-iam-policy-binding "$topic" \
+    --member="serviceAccount:${RUN_SA}" --role=roles/pubsub.publisher
+done
 
-# Cloud Run: deploy, then learn the URL for the audiences.
-export PROJECT_ID IMAGE OPERATOR_EMAILS SERVICE_URL=""
+# Cloud Run: the service definition is the source of truth (cloudbuild.yaml
+# applies it too). Only PUSH_SA, SCHED_SA and OPERATOR_EMAILS may invoke.
+export PROJECT_ID IMAGE RUN_SA PUSH_SA OPERATOR_EMAILS SERVICE_URL SERVICE
 envsubst < deploy/service.yaml > /tmp/predworker-service.yaml
 gcloud run services replace /tmp/predworker-service.yaml --region="$REGION"
-SERVICE_URL="$(gcloud run services describe predworker --region="$REGION" --format='value(status.url)')"
-export SERVICE_URL
-envsubst < deploy/service.yaml > /tmp/predworker-service.yaml
-gcloud run services replace /tmp/predworker-service.yaml --region="$REGION"
-gcloud run services add-iam-policy-binding predworker --region="$REGION" \
-  --member="serviceAccount:${PUSH_SA}" --role=roles/run.invoker
-gcloud run services add-iam-policy-binding predworker --region="$REGION" \
-  --member="serviceAccount:${SCHED_SA}" --role=roles/run.invoker
+for who in "serviceAccount:${PUSH_SA}" "serviceAccount:${SCHED_SA}" "serviceAccount:${OPS_SA}"; do
+  gcloud run services add-iam-policy-binding "$SERVICE" --region="$REGION" --member="$who" --role=roles/run.invoker
+done
+for who in $(echo "$OPERATOR_EMAILS" | tr ',' ' '); do
+  case "$who" in *.gserviceaccount.com) member="serviceAccount:${who}" ;; *) member="user:${who}" ;; esac
+  gcloud run services add-iam-policy-binding "$SERVICE" --region="$REGION" --member="$member" --role=roles/run.invoker
+done
 
 # The push subscription: OIDC token from PUSH_SA for the push audience, ack
-# deadline 600 s (the longest a push may run), retries with backoff, and
-# Pub/Sub's dead-letter policy after 10 attempts (our own classification
-# dead-letters poison messages far earlier; this catches the rest).
-PROJECT_NUMBER="$(gcloud projects describe "$PROJECT_ID" --format='value(projectNumber)')"
+# deadline 600 s (the longest a push may run), retries with backoff, Pub/Sub's
+# dead-letter policy after 10 attempts (our own classification dead-letters
+# poison messages far earlier; this catches the rest). Never expires.
 gcloud pubsub subscriptions create predworker-push --topic=predworker-requests \
   --push-endpoint="${SERVICE_URL}/pubsub/push" --push-auth-service-account="$PUSH_SA" \
   --push-auth-token-audience="${SERVICE_URL}/pubsub/push" --ack-deadline=600 \
-  --min-retry-delay=10s --max-retry-delay=600s \
+  --min-retry-delay=10s --max-retry-delay=600s --expiration-period=never \
   --dead-letter-topic=predworker-push-dlq --max-delivery-attempts=10 || true
 gcloud pubsub topics add-iam-policy-binding predworker-push-dlq \
   --member="serviceAccount:service-${PROJECT_NUMBER}@gcp-sa-pubsub.iam.gserviceaccount.com" --role=roles/pubsub.publisher
 gcloud pubsub subscriptions add-iam-policy-binding predworker-push \
   --member="serviceAccount:service-${PROJECT_NUMBER}@gcp-sa-pubsub.iam.gserviceaccount.com" --role=roles/pubsub.subscriber
-gcloud pubsub subscriptions create predworker-dead-letters-audit --topic=predworker-dead-letters || true
+# Pull subscriptions that keep what would otherwise be lost, for people and
+# the alert on undelivered messages: Pub/Sub's dead letters, ours, and the
+# completion events.
+gcloud pubsub subscriptions create predworker-push-dlq-sub --topic=predworker-push-dlq \
+  --expiration-period=never --message-retention-duration=7d || true
+gcloud pubsub subscriptions create predworker-dead-letters-audit --topic=predworker-dead-letters \
+  --expiration-period=never --message-retention-duration=7d || true
+gcloud pubsub subscriptions create predworker-completions-audit --topic=predworker-completions \
+  --expiration-period=never --message-retention-duration=7d || true
 
-# Cloud Scheduler: sweep orphaned batches every minute even when no instance is busy.
+# Cloud Scheduler: sweep orphaned batches every minute even when no instance
+# is busy. SCHED_SA is in OPERATOR_EMAILS, so the service lets it in.
 gcloud scheduler jobs create http predworker-sweep --location="$REGION" --schedule="* * * * *" \
   --uri="${SERVICE_URL}/v1/sweep" --http-method=POST \
   --oidc-service-account-email="$SCHED_SA" --oidc-token-audience="${SERVICE_URL}" \
   --attempt-deadline=60s || true
-echo "predworker deployed at ${SERVICE_URL}; add ${SCHED_SA} to OPERATOR_EMAILS so the sweep job may call /v1/sweep"
+
+# Alert policies (deploy/alerts/*.json), with an e-mail channel when given.
+CHANNEL=""
+if [ -n "$ALERT_EMAIL" ]; then
+  CHANNEL="$(gcloud beta monitoring channels create --display-name="predworker on-call" --type=email \
+    --channel-labels="email_address=${ALERT_EMAIL}" --format='value(name)')"
+fi
+for policy in deploy/alerts/*.json; do
+  gcloud alpha monitoring policies create --policy-from-file="$policy" ${CHANNEL:+--notification-channels="$CHANNEL"}
+done
+echo "predworker deployed at ${SERVICE_URL}; operators: ${OPERATOR_EMAILS}"

@@ -57,7 +57,16 @@ type doc struct {
 	Retries      int64      `firestore:"retries"`
 	RetriedAt    *time.Time `firestore:"retried_at"`
 	PublishedAt  *time.Time `firestore:"published_at"`
+	// ExpireAt drives the TTL policy on dead_letters (firestore.indexes.json).
+	ExpireAt time.Time `firestore:"expire_at"`
 }
+
+// Retention of dead letters and of delivery-attempt counts: the TTL policies
+// on expire_at delete them after it (Firestore's TTL can lag by a day).
+const (
+	deadLetterRetention = 30 * 24 * time.Hour
+	attemptRetention    = 7 * 24 * time.Hour
+)
 
 // wrap names the operation and translates the gRPC codes that mean "not
 // reachable now" into events.ErrUnavailable, so nothing above this package
@@ -97,7 +106,7 @@ func (s *Store) Put(ctx context.Context, d events.DeadLetter) (bool, error) {
 	}
 	_, err := s.ref(d.ID).Create(ctx, &doc{ID: d.ID, Class: d.Class, Error: d.Error, MessageID: d.MessageID,
 		Subscription: d.Subscription, Attempt: int64(d.Attempt), BatchID: d.BatchID, Raw: d.Raw,
-		RawSize: int64(d.RawSize), RawSHA256: d.RawSHA256, CreatedAt: d.CreatedAt})
+		RawSize: int64(d.RawSize), RawSHA256: d.RawSHA256, CreatedAt: d.CreatedAt, ExpireAt: d.CreatedAt.Add(deadLetterRetention)})
 	switch status.Code(err) {
 	case codes.OK:
 		return true, nil
@@ -173,7 +182,7 @@ func (s *Store) Attempt(ctx context.Context, messageID string) (int, error) {
 	sum := sha256.Sum256([]byte(messageID))
 	ref := s.client.Collection(s.prefix + "push_attempts").Doc(hex.EncodeToString(sum[:12]))
 	if _, err := ref.Set(ctx, map[string]any{"attempts": firestore.Increment(1), "message_id": messageID,
-		"updated_at": time.Now()}, firestore.MergeAll); err != nil {
+		"updated_at": time.Now(), "expire_at": time.Now().Add(attemptRetention)}, firestore.MergeAll); err != nil {
 		return 0, wrap("count attempt of message "+messageID, err)
 	}
 	snap, err := ref.Get(ctx)
