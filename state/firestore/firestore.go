@@ -52,6 +52,7 @@ import (
 	"github.com/cenkalti/backoff/v5"
 	"github.com/jonboulle/clockwork"
 	"google.golang.org/api/iterator"
+	"google.golang.org/api/option"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -76,6 +77,9 @@ type Options struct {
 	// whatever its own clock's skew. Tests that move time with a fake
 	// clock set it.
 	ServerTime func(read time.Time) time.Time
+	// ClientOptions reach the Firestore client (tests record the queries
+	// the store sends).
+	ClientOptions []option.ClientOption
 	// CallTimeout bounds every call (default 10 s).
 	CallTimeout time.Duration
 	// Retention is how long finished batches are kept before the TTL
@@ -117,7 +121,7 @@ func New(ctx context.Context, o Options) (*Store, error) {
 	if o.Retention <= 0 {
 		o.Retention = 30 * 24 * time.Hour
 	}
-	c, err := firestore.NewClientWithDatabase(ctx, o.Project, o.Database)
+	c, err := firestore.NewClientWithDatabase(ctx, o.Project, o.Database, o.ClientOptions...)
 	if err != nil {
 		return nil, fmt.Errorf("firestore client for %s/%s: %w", o.Project, o.Database, translate(err))
 	}
