@@ -43,6 +43,7 @@ type Server struct {
 	auth         Auth
 	continuer    Continuer
 	writeTimeout time.Duration
+	checks       []Check
 }
 
 // Options configures New.
@@ -69,6 +70,8 @@ type Options struct {
 	// Continuer, when set, continues a batch whose push budget ran out in
 	// a new message (204) instead of asking for a redelivery (503).
 	Continuer Continuer
+	// Checks are the deep health check's (GET /v1/doctor).
+	Checks []Check
 	// WriteTimeout bounds writing an answer (HTTP_WRITE_TIMEOUT; zero:
 	// DefaultWriteTimeout). A push gets its budget on top; a predictions
 	// stream gets it afresh for every page.
@@ -104,7 +107,7 @@ func New(o Options) *Server {
 	return &Server{runner: o.Runner, store: o.Store, predictions: o.Predictions,
 		metrics: o.Metrics, log: o.Logger, project: o.Project, deadLetters: o.DeadLetters,
 		pushBudget: o.PushBudget, maxAttempts: o.MaxAttempts, auth: o.Auth, continuer: o.Continuer,
-		writeTimeout: o.WriteTimeout}
+		writeTimeout: o.WriteTimeout, checks: o.Checks}
 }
 
 // Handler returns the router.
@@ -131,6 +134,7 @@ func (s *Server) Handler() http.Handler {
 		r.Post("/batches/{id}/resume", s.resumeBatch)
 		r.Get("/batches/{id}/predictions", s.batchPredictions)
 		r.Post("/sweep", s.sweep)
+		r.Get("/doctor", s.doctor)
 		if s.deadLetters != nil {
 			r.Get("/dead-letters", s.listDeadLetters)
 			r.Post("/dead-letters/{id}/retry", s.retryDeadLetter)

@@ -51,6 +51,7 @@ type fixtureOpts struct {
 	wrapStore       func(state.Store) state.Store
 	wrapDeadLetters func(events.DeadLetters) events.DeadLetters
 	log             *slog.Logger // nil: discard
+	checks          []api.Check
 }
 
 func setup(t *testing.T) *fixture { return setupWith(t, fixtureOpts{}) }
@@ -107,7 +108,7 @@ func setupWith(t *testing.T, o fixtureOpts) *fixture {
 	}
 	srv := httptest.NewServer(api.New(api.Options{Runner: r, Store: store, Predictions: reader,
 		Metrics: promhttp.HandlerFor(promReg, promhttp.HandlerOpts{}), Logger: o.log,
-		DeadLetters: dl, PushBudget: o.pushBudget, Auth: o.auth, Continuer: o.continuer}).Handler())
+		DeadLetters: dl, PushBudget: o.pushBudget, Auth: o.auth, Continuer: o.continuer, Checks: o.checks}).Handler())
 	t.Cleanup(func() {
 		srv.Close()
 		r.Drain(5 * time.Second)

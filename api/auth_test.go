@@ -150,6 +150,9 @@ func TestOperatorAuth(t *testing.T) {
 			t.Errorf("%s: %d, want %d", c.name, got, c.status)
 		}
 	}
+	if got := statusWithAuth(t, "GET", f.srv.URL+"/v1/doctor", "", ""); got != 401 {
+		t.Errorf("doctor without credentials = %d, want 401", got)
+	}
 	for _, p := range []string{"/health", "/ready", "/metrics"} {
 		if resp, _ := do(t, "GET", f.srv.URL+p, "", ""); resp.StatusCode != 200 {
 			t.Errorf("%s without credentials = %d, want 200", p, resp.StatusCode)

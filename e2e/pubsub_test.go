@@ -21,6 +21,17 @@ import (
 func topicName(id string) string { return "projects/" + emulator.Project + "/topics/" + id }
 func subName(id string) string   { return "projects/" + emulator.Project + "/subscriptions/" + id }
 
+// pubsubClient is a client of the Pub/Sub emulator, closed when the test ends.
+func pubsubClient(t *testing.T) *pubsub.Client {
+	t.Helper()
+	client, err := pubsub.NewClient(t.Context(), emulator.Project)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = client.Close() })
+	return client
+}
+
 // TestPubSubPush runs the worker behind a real push subscription of the
 // official Pub/Sub emulator (retry policy and dead-letter policy included),
 // publishes batch requests and one poison message, SIGKILLs the worker in the
@@ -31,11 +42,7 @@ func TestPubSubPush(t *testing.T) {
 	t.Parallel()
 	emulator.SkipOrFail(t, pubsubSkip)
 	ctx := t.Context()
-	client, err := pubsub.NewClient(ctx, emulator.Project)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = client.Close() }()
+	client := pubsubClient(t)
 	suffix := fmt.Sprint(time.Now().UnixNano())
 	requests, pushDLQ := "requests-"+suffix, "push-dlq-"+suffix
 	completions, deadLetters := "completions-"+suffix, "dead-letters-"+suffix

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -67,6 +68,13 @@ type app struct {
 	runner      *worker.Runner
 	registry    *prometheus.Registry
 	closers     []func() error // run in reverse order by Close
+	// checks verify every configured dependency (GET /v1/doctor, worker
+	// doctor).
+	checks []api.Check
+}
+
+func (a *app) check(name string, run func(ctx context.Context) error) {
+	a.checks = append(a.checks, api.Check{Name: name, Run: run})
 }
 
 func (a *app) onClose(f func() error) { a.closers = append(a.closers, f) }
@@ -126,7 +134,40 @@ func newApp(ctx context.Context, cfg *Config, log *slog.Logger) (_ *app, err err
 	if err := a.openPubSub(ctx, cfg, dead); err != nil {
 		return nil, err
 	}
+	a.check("state store ("+cfg.StateStore+"): reachable, every query's index usable", func(ctx context.Context) error {
+		if err := a.store.Ping(ctx); err != nil {
+			return err
+		}
+		if fs, ok := a.store.(*statefirestore.Store); ok {
+			return fs.CheckIndexes(ctx)
+		}
+		return nil
+	})
+	a.check("dead-letter store: readable", func(ctx context.Context) error { _, err := dead.List(ctx, 1); return err })
+	a.check("prediction systems: "+strings.Join(registry.IDs(), ", ")+" answer", func(ctx context.Context) error {
+		return systemsAnswer(ctx, registry)
+	})
 	return a, nil
+}
+
+// systemsAnswer asks every system for one prediction on plausible features:
+// a model file that did not load (XGBOOST_MODEL_OPTIONAL) answers with its
+// error.
+func systemsAnswer(ctx context.Context, r *systems.Registry) error {
+	f := &systems.Features{PlayerLookup: "doctor", GameDate: "2025-01-15", PointsAvgL5: 20, PointsAvgL10: 19,
+		PointsAvgSeason: 18, PointsStdL10: 5, GamesPlayed: 30, PaintShare: 0.4, MidShare: 0.2, ThreeShare: 0.3,
+		FTShare: 0.1, OppDefRating: 112, OppTier: 2, Pace: 100, Usage: 25, RestDays: 1, Form: "neutral", Quality: 90}
+	var errs []error
+	for _, id := range r.IDs() {
+		s, _ := r.Get(id)
+		if _, ok := s.(systems.Combiner); ok {
+			continue // combines the others' answers
+		}
+		if _, err := s.Predict(ctx, f); err != nil && !errors.Is(err, systems.ErrInsufficientData) {
+			errs = append(errs, fmt.Errorf("%s: %w", id, err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func newStore(ctx context.Context, cfg *Config) (state.Store, error) {
@@ -161,6 +202,7 @@ func (a *app) openSink(ctx context.Context, cfg *Config) (systems.Sink, error) {
 		}
 		a.onClose(s.Close)
 		a.reader = s
+		a.check("prediction sink (sqlite): reachable", s.Ping)
 		return s, nil
 	}
 	writer, err := managedwriter.NewClient(ctx, cfg.Project)
@@ -173,13 +215,22 @@ func (a *app) openSink(ctx context.Context, cfg *Config) (systems.Sink, error) {
 		return nil, fmt.Errorf("bigquery client: %w", err)
 	}
 	a.onClose(query.Close)
-	return bqsource.NewSink(writer, query, bqsource.SinkOptions{Project: cfg.PredictionsProject, Dataset: cfg.PredictionsDataset,
+	sink, err := bqsource.NewSink(writer, query, bqsource.SinkOptions{Project: cfg.PredictionsProject, Dataset: cfg.PredictionsDataset,
 		Table: cfg.PredictionsTable, CallTimeout: cfg.BigQueryTimeout})
+	if err != nil {
+		return nil, err
+	}
+	a.check("prediction sink (bigquery): the predictions table has its schema", sink.Check)
+	return sink, nil
 }
 
 // openFeatureSource opens the configured feature source.
 func (a *app) openFeatureSource(ctx context.Context, cfg *Config) (systems.FeatureSource, error) {
 	if cfg.FeatureSource != "bigquery" {
+		a.check("feature source (the bundled league): has a slate", func(ctx context.Context) error {
+			_, err := league.Lazy{}.Slate(ctx, "2025-01-15")
+			return err
+		})
 		return league.Lazy{}, nil
 	}
 	client, err := bigquery.NewClient(ctx, cfg.Project) // one shared client per process
@@ -187,8 +238,13 @@ func (a *app) openFeatureSource(ctx context.Context, cfg *Config) (systems.Featu
 		return nil, fmt.Errorf("bigquery client: %w", err)
 	}
 	a.onClose(client.Close)
-	return bqsource.New(client, bqsource.Options{TableProject: cfg.FeaturesProject, Dataset: cfg.FeaturesDataset,
+	src, err := bqsource.New(client, bqsource.Options{TableProject: cfg.FeaturesProject, Dataset: cfg.FeaturesDataset,
 		Table: cfg.FeaturesTable, CallTimeout: cfg.BigQueryTimeout})
+	if err != nil {
+		return nil, err
+	}
+	a.check("feature source (bigquery): the feature table has every column", src.Check)
+	return src, nil
 }
 
 // openPubSub connects the completion and dead-letter topics (EVENTS=pubsub)
@@ -208,6 +264,16 @@ func (a *app) openPubSub(ctx context.Context, cfg *Config, dead events.DeadLette
 		a.publisher = pub
 		a.deadLetters = pspub.DeadLetters{DeadLetters: dead, Pub: pub}
 	}
+	topics := []string{}
+	if cfg.Events == "pubsub" {
+		topics = append(topics, cfg.CompletionTopic, cfg.DeadLetterTopic)
+	}
+	if cfg.ContinuationTopic != "" {
+		topics = append(topics, cfg.ContinuationTopic)
+	}
+	a.check("pub/sub: topics "+strings.Join(topics, ", ")+" exist", func(ctx context.Context) error {
+		return pspub.CheckTopics(ctx, client, topics...)
+	})
 	if cfg.ContinuationTopic != "" {
 		c := pspub.NewContinuer(client, cfg.ContinuationTopic)
 		a.onClose(func() error { c.Stop(); return nil })
@@ -259,7 +325,7 @@ func serve(ctx context.Context, stopSignals func(), cfg *Config, log *slog.Logge
 		Handler: api.New(api.Options{Runner: a.runner, Store: a.store, Predictions: a.reader,
 			Metrics: promhttp.HandlerFor(a.registry, promhttp.HandlerOpts{}), Logger: log, Project: cfg.Project,
 			DeadLetters: a.deadLetters, PushBudget: cfg.PushBudget, MaxAttempts: cfg.MaxAttempts, Auth: auth,
-			Continuer: a.continuer, WriteTimeout: cfg.HTTPWriteTimeout}).Handler(),
+			Continuer: a.continuer, WriteTimeout: cfg.HTTPWriteTimeout, Checks: a.checks}).Handler(),
 		// A client that trickles its request, or never reads its answer,
 		// holds a connection for a bounded time. The write deadline is set
 		// per request by the api package (longer for a push's run).

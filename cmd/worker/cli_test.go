@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -28,7 +29,7 @@ func TestHelpExitsZeroAndTouchesNothing(t *testing.T) {
 	t.Chdir(t.TempDir())
 	t.Setenv("LEASE_TTL", "not a duration") // would fail if the configuration were read
 	for _, args := range [][]string{{"--help"}, {"help"}, {"run", "--help"}, {"run", "--date", "2025-01-15", "-h"},
-		{"status", "--help"}, {"score", "--help"}, {"resume", "--help"}, {"serve", "--help"}} {
+		{"status", "--help"}, {"score", "--help"}, {"resume", "--help"}, {"serve", "--help"}, {"doctor", "--help"}} {
 		out, err := cli(t, args...)
 		if err != nil || !strings.Contains(out, "usage:") {
 			t.Errorf("worker %v = %v, printed %q; want usage and success", args, err, out)
@@ -83,5 +84,27 @@ func TestRunExitsNonZeroUnlessCompleted(t *testing.T) {
 	}
 	if _, err := cli(t, "resume"); err == nil {
 		t.Fatal("resume without a batch id succeeded")
+	}
+}
+
+// `worker doctor` on the embedded default passes every check; with the
+// model file missing (allowed to start by XGBOOST_MODEL_OPTIONAL) the
+// prediction-systems check fails naming the model, and doctor exits non-zero.
+func TestDoctorOnTheEmbeddedDefault(t *testing.T) {
+	t.Setenv("DATA_DIR", t.TempDir())
+	out, err := cli(t, "doctor")
+	if err != nil || strings.Count(out, "\nok ")+1 != strings.Count(out, "\n") || !strings.HasPrefix(out, "ok ") ||
+		!strings.Contains(out, "xgboost_v1") {
+		t.Fatalf("doctor = %v, printed:\n%s", err, out)
+	}
+	t.Setenv("XGBOOST_MODEL_PATH", filepath.Join(t.TempDir(), "missing.txt"))
+	t.Setenv("XGBOOST_MODEL_OPTIONAL", "true")
+	out, err = cli(t, "doctor")
+	if !errors.Is(err, errChecksFailed) || !strings.Contains(out, "FAIL prediction systems") ||
+		!strings.Contains(out, "xgboost_v1: model unavailable") {
+		t.Fatalf("doctor without the model = %v, printed:\n%s", err, out)
+	}
+	if _, err := cli(t, "doctor", "extra"); !errors.As(err, new(usageError)) {
+		t.Fatalf("doctor with an argument = %v, want a usage error", err)
 	}
 }

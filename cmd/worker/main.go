@@ -5,6 +5,7 @@
 //	worker resume BATCH_ID [--force]    resume a batch in the foreground
 //	worker status BATCH_ID              a batch's status as JSON
 //	worker score --from … --to …        MAE and hit rate per system
+//	worker doctor                       check every configured dependency
 //
 // Configuration comes from the environment (see the README). main only wires.
 package main
@@ -61,10 +62,14 @@ var commandUsage = map[string]string{
     print a batch's status as JSON`,
 	"score": `worker score --batch-id ID | --from DATE --to DATE
     score predictions against the synthetic league's actual points`,
+	"doctor": `worker doctor
+    check every configured dependency (state store and its indexes, tables and
+    their schema, topics, prediction systems); one line per check. Exits 0 only
+    when all pass.`,
 }
 
 var usage = "usage:\n  " + strings.Join([]string{commandUsage["serve"], commandUsage["run"], commandUsage["resume"],
-	commandUsage["status"], commandUsage["score"]}, "\n  ") + "\nconfiguration is read from the environment; see the README"
+	commandUsage["status"], commandUsage["score"], commandUsage["doctor"]}, "\n  ") + "\nconfiguration is read from the environment; see the README"
 
 // wantsHelp reports whether args ask for help (-h, -help, --help).
 func wantsHelp(args []string) bool {
@@ -109,6 +114,8 @@ func realMain(ctx context.Context, stopSignals func(), args []string, stdout, st
 		return statusCommand(ctx, cfg, args, stdout, stderr)
 	case "score":
 		return scoreCommand(ctx, cfg, args, stdout, stderr)
+	case "doctor":
+		return doctorCommand(ctx, cfg, args, stdout, stderr)
 	}
 	if len(args) > 0 {
 		return usageError{fmt.Sprintf("serve takes no arguments\n%s", usage)}

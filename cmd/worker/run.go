@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -317,4 +318,39 @@ func openQuiet(ctx context.Context, cfg *Config, stderr io.Writer) (*app, error)
 		return nil, err
 	}
 	return newApp(ctx, cfg, log)
+}
+
+// errChecksFailed is doctor's answer when a dependency check failed; the
+// lines on stdout say which.
+var errChecksFailed = errors.New("doctor: a check failed")
+
+// doctorCommand runs every dependency check the service would run for GET
+// /v1/doctor, printing one line per check.
+func doctorCommand(ctx context.Context, cfg *Config, args []string, stdout, stderr io.Writer) error {
+	if len(args) != 0 {
+		return usageError{"doctor takes no arguments\n" + commandUsage["doctor"]}
+	}
+	a, err := openQuiet(ctx, cfg, stderr)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = a.Close() }()
+	failed := false
+	for _, r := range api.RunChecks(ctx, a.checks, 20*time.Second) {
+		verdict := "ok  "
+		if !r.OK {
+			verdict, failed = "FAIL", true
+		}
+		line := fmt.Sprintf("%s %s (%d ms)", verdict, r.Name, r.MS)
+		if r.Error != "" {
+			line += ": " + r.Error
+		}
+		if _, err := fmt.Fprintln(stdout, line); err != nil {
+			return err
+		}
+	}
+	if failed {
+		return errChecksFailed
+	}
+	return nil
 }

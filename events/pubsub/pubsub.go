@@ -10,9 +10,11 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"cloud.google.com/go/pubsub/v2"
+	"cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -139,3 +141,22 @@ func (c *Continuer) Continue(ctx context.Context, data []byte, attrs map[string]
 
 // Stop flushes and stops the topic publisher.
 func (c *Continuer) Stop() { c.topic.Stop() }
+
+// CheckTopics verifies that each topic (an id in the client's project, or a
+// full name) exists (for `worker doctor`).
+func CheckTopics(ctx context.Context, client *pubsub.Client, topics ...string) error {
+	var errs []error
+	for _, t := range topics {
+		name := t
+		if !strings.HasPrefix(t, "projects/") {
+			name = "projects/" + client.Project() + "/topics/" + t
+		}
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		_, err := client.TopicAdminClient.GetTopic(cctx, &pubsubpb.GetTopicRequest{Topic: name})
+		cancel()
+		if err != nil {
+			errs = append(errs, translate("topic "+name, err))
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -3,6 +3,7 @@ package pubsub_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -255,5 +256,21 @@ func TestDeadLetterAttributesStayUTF8(t *testing.T) {
 	got := msgs[0].Attributes["error"]
 	if !utf8.ValidString(got) || len(got) > 1024 || len(got) < 1020 || msgs[0].Attributes["raw_size"] != "2" {
 		t.Fatalf("error attribute of %d bytes (valid UTF-8: %v), raw_size %q", len(got), utf8.ValidString(got), msgs[0].Attributes["raw_size"])
+	}
+}
+
+// CheckTopics passes when every topic exists (by id or full name) and names
+// each missing one as rejected.
+func TestCheckTopicsNamesMissingTopics(t *testing.T) {
+	t.Parallel()
+	_, client := fake(t)
+	createTopic(t, client, "completions")
+	if err := pspub.CheckTopics(t.Context(), client, "completions", "projects/"+project+"/topics/completions"); err != nil {
+		t.Fatalf("existing topics: %v", err)
+	}
+	err := pspub.CheckTopics(t.Context(), client, "completions", "dead-letters", "projects/other/topics/x")
+	if err == nil || !errors.Is(err, events.ErrRejected) || !strings.Contains(err.Error(), "projects/p/topics/dead-letters") ||
+		!strings.Contains(err.Error(), "projects/other/topics/x") || strings.Contains(err.Error(), "topics/completions") {
+		t.Fatalf("missing topics: %v", err)
 	}
 }

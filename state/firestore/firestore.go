@@ -787,3 +787,28 @@ func (s *Store) Release(ctx context.Context, id string, l state.Lease) error {
 		return nil
 	})
 }
+
+// CheckIndexes runs every query shape the store uses, once, with a limit of
+// one (for `worker doctor`): in production a shape without its composite
+// index fails with FAILED_PRECONDITION and a link that creates it. (The
+// emulator does not enforce indexes; TestIndexesCoverEveryQuery checks the
+// shapes against firestore.indexes.json instead.)
+func (s *Store) CheckIndexes(ctx context.Context) error {
+	for _, q := range []struct {
+		name string
+		run  func() error
+	}{
+		{"list", func() error { _, err := s.List(ctx, state.ListFilter{Limit: 1}); return err }},
+		{"list by state", func() error {
+			_, err := s.List(ctx, state.ListFilter{Status: state.StatusRunning, Limit: 1})
+			return err
+		}},
+		{"orphans", func() error { _, err := s.Orphans(ctx, 1); return err }},
+		{"outbox", func() error { _, err := s.Outbox(ctx, 1); return err }},
+	} {
+		if err := q.run(); err != nil {
+			return fmt.Errorf("%s query: %w", q.name, err)
+		}
+	}
+	return nil
+}

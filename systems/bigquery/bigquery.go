@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"net/http"
 	"regexp"
+	"strings"
 	"time"
 
 	"cloud.google.com/go/bigquery"
@@ -263,4 +264,35 @@ func (s *Source) Features(ctx context.Context, date string, players []string) (m
 		return nil, err
 	}
 	return out, nil
+}
+
+// featureColumns are the columns the feature and slate queries read.
+func featureColumns() []string {
+	return append(strings.Split(columns, ", "), "game_date")
+}
+
+// Check verifies that the feature table exists and has every column the
+// feature query reads (for `worker doctor`).
+func (s *Source) Check(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	md, err := s.client.DatasetInProject(s.opts.TableProject, s.opts.Dataset).Table(s.opts.Table).Metadata(ctx)
+	if err != nil {
+		return classify(ctx, fmt.Sprintf("feature table %s.%s.%s", s.opts.TableProject, s.opts.Dataset, s.opts.Table), err)
+	}
+	have := map[string]bool{}
+	for _, f := range md.Schema {
+		have[f.Name] = true
+	}
+	var missing []string
+	for _, c := range featureColumns() {
+		if !have[c] {
+			missing = append(missing, c)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("feature table %s.%s.%s lacks columns %s: %w", s.opts.TableProject, s.opts.Dataset, s.opts.Table,
+			strings.Join(missing, ", "), systems.ErrPermanent)
+	}
+	return nil
 }

@@ -5,14 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
 	"time"
-
-	"cloud.google.com/go/bigquery"
-	"google.golang.org/api/option"
 
 	bq "github.com/predworker/predworker/systems/bigquery"
 
@@ -158,14 +154,8 @@ func setup(t *testing.T, f *fakeBQ, timeout time.Duration) *bq.Source {
 	t.Helper()
 	f.t = t
 	f.stop = make(chan struct{})
-	srv := httptest.NewServer(f)
-	t.Cleanup(srv.Close)
-	t.Cleanup(func() { close(f.stop) }) // runs first: frees a hung handler so Close can return
-	client, err := bigquery.NewClient(t.Context(), "run-proj", option.WithEndpoint(srv.URL), option.WithoutAuthentication())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = client.Close() })
+	client := restClient(t, f)
+	t.Cleanup(func() { close(f.stop) }) // runs first: frees a hung handler so the server can close
 	s, err := bq.New(client, bq.Options{TableProject: "feat-proj", Dataset: "nba", Table: "player_features", CallTimeout: timeout})
 	if err != nil {
 		t.Fatal(err)

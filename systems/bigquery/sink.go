@@ -55,8 +55,9 @@ type SinkOptions struct {
 type Sink struct {
 	writer  *managedwriter.Client
 	query   *bigquery.Client
-	parent  string // projects/P/datasets/D/tables/T
-	sqlName string // `P.D.T`
+	parent  string    // projects/P/datasets/D/tables/T
+	sqlName string    // `P.D.T`
+	table   [3]string // project, dataset, table
 	schema  *descriptorpb.DescriptorProto
 	message protoreflect.MessageDescriptor
 	fields  rowFields
@@ -120,7 +121,7 @@ func NewSink(writer *managedwriter.Client, query *bigquery.Client, o SinkOptions
 	}
 	return &Sink{writer: writer, query: query, schema: dp, message: md, fields: fields, timeout: o.CallTimeout,
 		parent:  managedwriter.TableParentFromParts(o.Project, o.Dataset, o.Table),
-		sqlName: fmt.Sprintf("`%s.%s.%s`", o.Project, o.Dataset, o.Table)}, nil
+		sqlName: fmt.Sprintf("`%s.%s.%s`", o.Project, o.Dataset, o.Table), table: [3]string{o.Project, o.Dataset, o.Table}}, nil
 }
 
 // Write implements systems.Sink for completeness: stage and commit at once
@@ -350,4 +351,61 @@ func (s *Sink) encode(batchID string, epoch int64, rows []systems.Prediction) ([
 		out[i] = b
 	}
 	return out, nil
+}
+
+// Check verifies that the predictions table exists with PredictionSchema's
+// columns and types (for `worker doctor`): rows of a drifted table would be
+// refused at the first chunk.
+func (s *Sink) Check(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	name := strings.Join(s.table[:], ".")
+	md, err := s.query.DatasetInProject(s.table[0], s.table[1]).Table(s.table[2]).Metadata(ctx)
+	if err != nil {
+		return classify(ctx, "predictions table "+name, err)
+	}
+	have := map[string]*bigquery.FieldSchema{}
+	for _, f := range md.Schema {
+		have[f.Name] = f
+	}
+	want := map[string]bool{}
+	var wrong []string
+	for _, f := range PredictionSchema {
+		want[f.Name] = true
+		t, ok := have[f.Name]
+		switch {
+		case !ok:
+			wrong = append(wrong, f.Name+" missing")
+		case canonicalType(t.Type) != f.Type:
+			wrong = append(wrong, fmt.Sprintf("%s is %s, not %s", f.Name, t.Type, f.Type))
+		case t.Required && !f.Required:
+			wrong = append(wrong, f.Name+" is REQUIRED but may be null")
+		}
+	}
+	for _, f := range md.Schema {
+		if f.Required && !want[f.Name] {
+			wrong = append(wrong, f.Name+" is REQUIRED but never written")
+		}
+	}
+	if len(wrong) > 0 {
+		return fmt.Errorf("predictions table %s does not have deploy/bigquery/predictions_schema.json: %s: %w",
+			name, strings.Join(wrong, "; "), systems.ErrPermanent)
+	}
+	return nil
+}
+
+// canonicalType maps the Standard SQL names the API also answers with
+// (FLOAT64, INT64, BOOL, STRUCT) to the client's type names.
+func canonicalType(t bigquery.FieldType) bigquery.FieldType {
+	switch t {
+	case "FLOAT64":
+		return bigquery.FloatFieldType
+	case "INT64":
+		return bigquery.IntegerFieldType
+	case "BOOL":
+		return bigquery.BooleanFieldType
+	case "STRUCT":
+		return bigquery.RecordFieldType
+	}
+	return t
 }

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,7 +15,6 @@ import (
 	"time"
 
 	"cloud.google.com/go/bigquery"
-	"google.golang.org/api/option"
 
 	"github.com/predworker/predworker/state"
 	statesqlite "github.com/predworker/predworker/state/sqlite"
@@ -65,13 +63,7 @@ func newWriteSink(t *testing.T, timeout time.Duration) (*bq.Sink, *fakeWrite, *c
 	fw := &fakeWrite{}
 	writer := newFakeWrite(t, fw)
 	cb := &countBQ{t: t}
-	srv := httptest.NewServer(cb)
-	t.Cleanup(srv.Close)
-	query, err := bigquery.NewClient(t.Context(), "run-proj", option.WithEndpoint(srv.URL), option.WithoutAuthentication())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = query.Close() })
+	query := restClient(t, cb)
 	s, err := bq.NewSink(writer, query, bq.SinkOptions{Project: "pred-proj", Dataset: "nba", Table: "predictions", CallTimeout: timeout})
 	if err != nil {
 		t.Fatal(err)

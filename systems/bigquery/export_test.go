@@ -1,0 +1,4 @@
+package bigquery
+
+// FeatureColumns exposes the columns Check requires to the tests.
+var FeatureColumns = featureColumns
