@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
+	"go.opentelemetry.io/otel/trace"
+	nooptrace "go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/predworker/predworker/events"
 	"github.com/predworker/predworker/logging"
@@ -44,6 +46,7 @@ type Server struct {
 	continuer    Continuer
 	writeTimeout time.Duration
 	checks       []Check
+	tracer       trace.Tracer
 }
 
 // Options configures New.
@@ -72,6 +75,8 @@ type Options struct {
 	Continuer Continuer
 	// Checks are the deep health check's (GET /v1/doctor).
 	Checks []Check
+	// Tracer provides the requests' spans (trace.go). nil: none recorded.
+	Tracer trace.TracerProvider
 	// WriteTimeout bounds writing an answer (HTTP_WRITE_TIMEOUT; zero:
 	// DefaultWriteTimeout). A push gets its budget on top; a predictions
 	// stream gets it afresh for every page.
@@ -104,16 +109,19 @@ func New(o Options) *Server {
 	if o.WriteTimeout <= 0 {
 		o.WriteTimeout = DefaultWriteTimeout
 	}
+	if o.Tracer == nil {
+		o.Tracer = nooptrace.NewTracerProvider()
+	}
 	return &Server{runner: o.Runner, store: o.Store, predictions: o.Predictions,
 		metrics: o.Metrics, log: o.Logger, project: o.Project, deadLetters: o.DeadLetters,
 		pushBudget: o.PushBudget, maxAttempts: o.MaxAttempts, auth: o.Auth, continuer: o.Continuer,
-		writeTimeout: o.WriteTimeout, checks: o.Checks}
+		writeTimeout: o.WriteTimeout, checks: o.Checks, tracer: o.Tracer.Tracer(TracerName)}
 }
 
 // Handler returns the router.
 func (s *Server) Handler() http.Handler {
 	r := chi.NewRouter()
-	r.Use(s.requestContext, s.writeDeadline, s.recoverer, s.accessLog)
+	r.Use(s.traced, s.requestContext, s.writeDeadline, s.recoverer, s.accessLog)
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, &Error{Status: http.StatusNotFound, Code: CodeNotFound, Message: "no such endpoint"})
 	})

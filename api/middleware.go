@@ -11,6 +11,7 @@ import (
 
 	"github.com/go-chi/chi/v5/middleware"
 	"github.com/google/uuid"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/predworker/predworker/logging"
 )
@@ -28,14 +29,28 @@ func (s *Server) requestContext(next http.Handler) http.Handler {
 		}
 		w.Header().Set("X-Request-Id", id)
 		log := s.log.With(slog.String("request_id", id))
-		if trace := traceID(r); trace != "" && s.project != "" {
-			log = log.With(slog.String(logging.TraceKey, fmt.Sprintf("projects/%s/traces/%s", s.project, trace)))
+		if s.project != "" {
+			log = log.With(traceAttrs(r, s.project)...)
 		}
 		next.ServeHTTP(w, r.WithContext(logging.WithLogger(r.Context(), log)))
 	})
 }
 
 var hex32 = regexp.MustCompile(`^[0-9a-f]{32}$`)
+
+// traceAttrs link a request's log lines to its trace in Cloud Logging: the
+// span's when there is one (every traced request), else the trace id the
+// caller sent.
+func traceAttrs(r *http.Request, project string) []any {
+	if sc := trace.SpanContextFromContext(r.Context()); sc.IsValid() {
+		return []any{slog.String(logging.TraceKey, fmt.Sprintf("projects/%s/traces/%s", project, sc.TraceID())),
+			slog.String(logging.SpanKey, sc.SpanID().String()), slog.Bool(logging.SampledKey, sc.IsSampled())}
+	}
+	if id := traceID(r); id != "" {
+		return []any{slog.String(logging.TraceKey, fmt.Sprintf("projects/%s/traces/%s", project, id))}
+	}
+	return nil
+}
 
 // traceID reads the trace id from traceparent or X-Cloud-Trace-Context.
 func traceID(r *http.Request) string {
@@ -87,9 +102,9 @@ func (s *Server) accessLog(next http.Handler) http.Handler {
 		start := time.Now()
 		ww := middleware.NewWrapResponseWriter(w, r.ProtoMajor)
 		next.ServeHTTP(ww, r)
+		endRequestSpan(r, ww.Status())
 		level := slog.LevelInfo
-		switch r.URL.Path {
-		case "/health", "/ready", "/metrics":
+		if isProbe(r.URL.Path) {
 			level = slog.LevelDebug
 		}
 		logging.FromContext(r.Context(), s.log).Log(r.Context(), level, "request",

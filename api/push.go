@@ -120,6 +120,7 @@ func (s *Server) push(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	pc.env = env
+	tracePush(r, env)
 	pc.attempt, err = s.attempt(r.Context(), env)
 	if err != nil {
 		s.pushRetry(w, r, err)

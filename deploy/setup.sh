@@ -27,7 +27,7 @@ gcloud config set project "$PROJECT_ID"
 gcloud services enable run.googleapis.com pubsub.googleapis.com firestore.googleapis.com \
   bigquery.googleapis.com bigquerystorage.googleapis.com cloudscheduler.googleapis.com \
   artifactregistry.googleapis.com cloudbuild.googleapis.com monitoring.googleapis.com \
-  cloudtrace.googleapis.com iamcredentials.googleapis.com
+  cloudtrace.googleapis.com telemetry.googleapis.com iamcredentials.googleapis.com
 PROJECT_NUMBER="$(gcloud projects describe "$PROJECT_ID" --format='value(projectNumber)')"
 # Cloud Run's URL is deterministic: the first revision gets its audiences
 # right instead of refusing to start without them.
@@ -54,8 +54,9 @@ for sa in "$SCHED_SA" "$OPS_SA"; do
 done
 
 # Project-level roles only where nothing finer exists: Firestore, BigQuery
-# jobs (queries run in the project), Cloud Trace and Monitoring writes.
-for role in roles/datastore.user roles/bigquery.jobUser roles/cloudtrace.agent roles/monitoring.metricWriter; do
+# jobs (queries run in the project), spans to the Telemetry API (TRACES=
+# cloudtrace) and Monitoring writes (the metrics sidecar).
+for role in roles/datastore.user roles/bigquery.jobUser roles/telemetry.tracesWriter roles/monitoring.metricWriter; do
   gcloud projects add-iam-policy-binding "$PROJECT_ID" --member="serviceAccount:${RUN_SA}" --role="$role" --condition=None
 done
 # Cloud Build deploys the service as RUN_SA and pushes images.

@@ -36,6 +36,13 @@ const (
 // TraceKey is the Cloud Logging field that links a log line to a trace.
 const TraceKey = "logging.googleapis.com/trace"
 
+// SpanKey and SampledKey are the Cloud Logging fields of the span a line
+// belongs to and whether its trace is sampled.
+const (
+	SpanKey    = "logging.googleapis.com/spanId"
+	SampledKey = "logging.googleapis.com/trace_sampled"
+)
+
 // ParseLevel maps LOG_LEVEL values to slog levels.
 func ParseLevel(s string) (slog.Level, error) {
 	switch strings.ToLower(s) {

@@ -6,6 +6,9 @@ import (
 	"testing"
 	"time"
 
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/predworker/predworker/state"
 	"github.com/predworker/predworker/systems"
 	"github.com/predworker/predworker/systems/ensemble"
@@ -56,7 +59,13 @@ func (volatileStore) Checkpoint(_ context.Context, _ string, l state.Lease, _ st
 
 func runBench(b *testing.B, bd *bundle, store state.Store, sink systems.Sink, cfg Config, req state.Request) {
 	b.Helper()
-	e, err := New(cfg, Deps{Store: store, Features: bd.features, Sink: sink, Registry: bd.registry})
+	runBenchTraced(b, bd, store, sink, cfg, req, nil)
+}
+
+// runBenchTraced is runBench with spans recorded by tp (nil: none).
+func runBenchTraced(b *testing.B, bd *bundle, store state.Store, sink systems.Sink, cfg Config, req state.Request, tp trace.TracerProvider) {
+	b.Helper()
+	e, err := New(cfg, Deps{Store: store, Features: bd.features, Sink: sink, Registry: bd.registry, Tracer: tp})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -85,6 +94,22 @@ func BenchmarkFullSlate(b *testing.B) {
 	bd := setup(b, nil, nil)
 	runBench(b, bd, bd.store, bd.sink, Config{}, state.Request{GameDate: "2025-01-15"})
 }
+
+// BenchmarkFullSlateTraced is BenchmarkFullSlate with every span recorded
+// and exported (to an exporter that drops them): the cost of TRACES=otlp or
+// cloudtrace at a sample ratio of 1, exporter's network aside.
+func BenchmarkFullSlateTraced(b *testing.B) {
+	bd := setup(b, nil, nil)
+	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(discardSpans{}))
+	defer func() { _ = tp.Shutdown(context.Background()) }()
+	runBenchTraced(b, bd, bd.store, bd.sink, Config{}, state.Request{GameDate: "2025-01-15"}, tp)
+}
+
+// discardSpans is an exporter that drops what it is given.
+type discardSpans struct{}
+
+func (discardSpans) ExportSpans(context.Context, []sdktrace.ReadOnlySpan) error { return nil }
+func (discardSpans) Shutdown(context.Context) error                             { return nil }
 
 // The same slate with all five bundled systems (ensemble_v1 over the four
 // others, xgboost_v1 from the bundled model).

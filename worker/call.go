@@ -21,10 +21,11 @@ var errSaturated = errors.New("too many abandoned calls of this system are still
 // breaker, with panics recovered, and with a cap on the calls that ignored
 // their deadline and are still running.
 type caller struct {
-	id      string
-	sys     systems.System // with injected faults applied
-	timeout time.Duration
-	breaker *gobreaker.TwoStepCircuitBreaker[systems.Estimate]
+	id       string
+	spanName string         // "system ID"
+	sys      systems.System // with injected faults applied
+	timeout  time.Duration
+	breaker  *gobreaker.TwoStepCircuitBreaker[systems.Estimate]
 	// abandoned counts calls given up at their deadline whose goroutine has
 	// not returned yet (a system that ignores its context); at
 	// maxAbandoned, further calls fall back at once ("saturated").
@@ -34,7 +35,8 @@ type caller struct {
 
 func newCaller(cfg Config, s systems.System, log *slog.Logger) *caller {
 	id := s.ID()
-	c := &caller{id: id, sys: withFaults(s, cfg.Faults), timeout: cfg.SystemTimeout, maxAbandoned: int64(cfg.MaxAbandoned)}
+	c := &caller{id: id, spanName: "system " + id, sys: withFaults(s, cfg.Faults), timeout: cfg.SystemTimeout,
+		maxAbandoned: int64(cfg.MaxAbandoned)}
 	if t, ok := cfg.SystemTimeouts[id]; ok {
 		c.timeout = t
 	}

@@ -5,6 +5,8 @@ import (
 	"log/slog"
 
 	"github.com/jonboulle/clockwork"
+	"go.opentelemetry.io/otel/trace"
+	nooptrace "go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/predworker/predworker/state"
 	"github.com/predworker/predworker/systems"
@@ -22,6 +24,8 @@ type Deps struct {
 	// request that started the run. nil: discard.
 	Logger  *slog.Logger
 	Metrics *Metrics // nil: unregistered instruments
+	// Tracer provides the spans of runs (trace.go). nil: none recorded.
+	Tracer trace.TracerProvider
 }
 
 // Engine runs batches: submission (submit.go), the chunk loop (run.go), the
@@ -36,6 +40,7 @@ type Engine struct {
 	clock    clockwork.Clock
 	log      *slog.Logger
 	metrics  *Metrics
+	tracer   trace.Tracer
 	fanout   *fanout
 }
 
@@ -58,9 +63,13 @@ func New(cfg Config, d Deps) (*Engine, error) {
 	if d.Metrics == nil {
 		d.Metrics = NewMetrics(nil, nil)
 	}
+	if d.Tracer == nil {
+		d.Tracer = nooptrace.NewTracerProvider()
+	}
+	tracer := d.Tracer.Tracer(TracerName)
 	return &Engine{cfg: cfg, store: d.Store, features: d.Features, sink: d.Sink, registry: d.Registry,
-		clock: d.Clock, log: d.Logger, metrics: d.Metrics,
-		fanout: newFanout(cfg, d.Registry, d.Metrics, d.Logger)}, nil
+		clock: d.Clock, log: d.Logger, metrics: d.Metrics, tracer: tracer,
+		fanout: newFanout(cfg, d.Registry, d.Metrics, d.Logger, tracer)}, nil
 }
 
 // Owner is the engine's lease owner id.

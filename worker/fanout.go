@@ -10,6 +10,8 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/predworker/predworker/logging"
@@ -27,10 +29,12 @@ type fanout struct {
 	limit      int
 	minQuality float64
 	metrics    *Metrics
+	tracer     trace.Tracer
 }
 
-func newFanout(cfg Config, reg *systems.Registry, m *Metrics, log *slog.Logger) *fanout {
-	f := &fanout{registry: reg, callers: map[string]*caller{}, limit: cfg.Concurrency, minQuality: cfg.MinQuality, metrics: m}
+func newFanout(cfg Config, reg *systems.Registry, m *Metrics, log *slog.Logger, tracer trace.Tracer) *fanout {
+	f := &fanout{registry: reg, callers: map[string]*caller{}, limit: cfg.Concurrency, minQuality: cfg.MinQuality,
+		metrics: m, tracer: tracer}
 	for _, id := range reg.IDs() {
 		s, _ := reg.Get(id)
 		f.callers[id] = newCaller(cfg, s, log)
@@ -38,13 +42,26 @@ func newFanout(cfg Config, reg *systems.Registry, m *Metrics, log *slog.Logger) 
 	return f
 }
 
-// callOne calls system id through its caller.
-func (f *fanout) callOne(ctx context.Context, id string, fn func(context.Context) (systems.Estimate, error)) (systems.Estimate, string, error) {
+// callOne calls system id for player through its caller, in a span of its
+// own.
+func (f *fanout) callOne(ctx context.Context, id, player string, fn func(context.Context) (systems.Estimate, error)) (systems.Estimate, string, error) {
 	c, ok := f.callers[id]
 	if !ok {
 		return systems.Estimate{}, "error", fmt.Errorf("system %q is not registered", id)
 	}
-	return c.call(ctx, fn)
+	if !trace.SpanFromContext(ctx).IsRecording() { // the chunk is not traced: neither is the call
+		return c.call(ctx, fn)
+	}
+	ctx, span := f.tracer.Start(ctx, c.spanName, trace.WithAttributes(attrSystem.String(id), attrPlayer.String(player)))
+	est, reason, err := c.call(ctx, fn)
+	if err != nil {
+		span.SetAttributes(attrOutcome.String(reason))
+		span.SetStatus(codes.Error, err.Error())
+	} else {
+		span.SetAttributes(attrOutcome.String("ok"))
+	}
+	span.End()
+	return est, reason, err
 }
 
 // predictWith returns the call of system id's Predict on ft.
@@ -175,7 +192,7 @@ func (f *fanout) call(ctx context.Context, p *chunkPlan, log *slog.Logger) {
 			for _, id := range p.extra {
 				g.Go(func() error {
 					defer f.contain(nil, log)
-					if est, _, err := f.callOne(ctx, id, f.predictWith(id, ft)); err == nil {
+					if est, _, err := f.callOne(ctx, id, ft.PlayerLookup, f.predictWith(id, ft)); err == nil {
 						p.keep(i, id, est)
 					}
 					return nil
@@ -197,7 +214,7 @@ func (f *fanout) combine(ctx context.Context, p *chunkPlan, log *slog.Logger) {
 		in := p.inputs[i].by
 		g.Go(func() error {
 			defer f.contain(row, log)
-			est, reason, err := f.callOne(ctx, row.SystemID, func(ctx context.Context) (systems.Estimate, error) {
+			est, reason, err := f.callOne(ctx, row.SystemID, ft.PlayerLookup, func(ctx context.Context) (systems.Estimate, error) {
 				return c.Combine(ctx, ft, in)
 			})
 			if err == nil {
@@ -283,7 +300,7 @@ func (f *fanout) fill(ctx context.Context, p *chunkPlan, ft *systems.Features, r
 			reasons = append(reasons, "combiner_as_fallback")
 			continue
 		}
-		est, reason, err := f.callOne(ctx, cur, f.predictWith(cur, ft))
+		est, reason, err := f.callOne(ctx, cur, ft.PlayerLookup, f.predictWith(cur, ft))
 		if err == nil {
 			f.setRow(row, cur, est)
 			if cur != row.SystemID {

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/cenkalti/backoff/v5"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/predworker/predworker/logging"
 	"github.com/predworker/predworker/state"
@@ -79,6 +81,10 @@ type run struct {
 // ErrInterrupted (lease released), state.ErrLeaseLost (another owner took
 // over; nothing more was committed), or *BatchFailedError.
 func (e *Engine) RunClaimed(ctx context.Context, b state.Batch, opts RunOptions) (out state.Batch, err error) {
+	ctx, span := e.tracer.Start(ctx, "batch", trace.WithAttributes(attrBatchID.String(b.ID), attrEpoch.Int64(b.Lease.Epoch),
+		attribute.String("predworker.game_date", b.Request.GameDate), attribute.Int("predworker.done_chunks", b.DoneChunks),
+		attribute.Int("predworker.total_chunks", b.TotalChunks()), attrItems.Int(len(b.Items))))
+	defer func() { endSpan(span, err) }()
 	log := e.batchLogger(ctx, b)
 	event := logging.EventBatchClaimed
 	if b.DoneChunks > 0 || b.Attempt > 1 {
@@ -238,11 +244,18 @@ func (e *Engine) fail(ctx context.Context, b state.Batch, l state.Lease, cause e
 // retried in place, or ctx ends. Transient errors (an unreachable store, a
 // feature source outage) are retried with capped exponential backoff and
 // logged; they never end a batch.
-func (e *Engine) retry(ctx context.Context, op string, log *slog.Logger, fn func() error) error {
+func (e *Engine) retry(ctx context.Context, op string, log *slog.Logger, fn func() error) (err error) {
+	_, span := e.tracer.Start(ctx, op)
+	tries := 0
+	defer func() {
+		span.SetAttributes(attrTries.Int(tries))
+		endSpan(span, err)
+	}()
 	b := backoff.NewExponentialBackOff()
 	b.InitialInterval = 50 * time.Millisecond
 	b.MaxInterval = e.cfg.RetryMaxInterval
-	_, err := backoff.Retry(ctx, func() (struct{}, error) {
+	_, err = backoff.Retry(ctx, func() (struct{}, error) {
+		tries++
 		err := fn()
 		if err != nil && (!Classify(err).RetryInPlace() || ctx.Err() != nil) {
 			return struct{}{}, backoff.Permanent(err)
@@ -250,6 +263,8 @@ func (e *Engine) retry(ctx context.Context, op string, log *slog.Logger, fn func
 		return struct{}{}, err
 	}, backoff.WithBackOff(b), backoff.WithMaxElapsedTime(0), backoff.WithNotify(func(err error, next time.Duration) {
 		e.metrics.Errors.WithLabelValues(op, string(Classify(err))).Inc()
+		span.AddEvent("retry", trace.WithAttributes(attribute.String("error", err.Error()),
+			attribute.Int64("retry_in_ms", next.Milliseconds())))
 		log.Warn("transient error; retrying", slog.String("op", op), WarnAttrs(err),
 			slog.Int64("retry_in_ms", next.Milliseconds()))
 	}))
@@ -258,14 +273,17 @@ func (e *Engine) retry(ctx context.Context, op string, log *slog.Logger, fn func
 
 // runChunk computes, writes and checkpoints one chunk, returning the new
 // progress.
-func (e *Engine) runChunk(ctx context.Context, b state.Batch, chunk int, g *leaseGuard, log *slog.Logger) (state.Progress, error) {
+func (e *Engine) runChunk(ctx context.Context, b state.Batch, chunk int, g *leaseGuard, log *slog.Logger) (_ state.Progress, err error) {
 	start := e.clock.Now()
 	items := b.Chunk(chunk)
+	ctx, span := e.tracer.Start(ctx, "chunk", trace.WithAttributes(attrBatchID.String(b.ID), attrChunk.Int(chunk),
+		attrItems.Int(len(items))))
+	defer func() { endSpan(span, err) }()
 	log = log.With(slog.Int("chunk", chunk))
 	log.Info("chunk started", logging.Event(logging.EventChunkStarted), slog.Int("items", len(items)))
 
 	var feats map[string]*systems.Features
-	err := e.retry(ctx, "load features", log, func() (err error) {
+	err = e.retry(ctx, "load features", log, func() (err error) {
 		feats, err = e.features.Features(ctx, b.Request.GameDate, items)
 		return err
 	})
@@ -295,6 +313,8 @@ func (e *Engine) runChunk(ctx context.Context, b state.Batch, chunk int, g *leas
 	}
 	e.metrics.CheckpointDuration.Observe(e.clock.Since(cpStart).Seconds())
 	e.metrics.ChunkDuration.Observe(e.clock.Since(start).Seconds())
+	span.SetAttributes(attrRows.Int(len(rows)), attribute.Int("predworker.fallbacks", delta.Fallbacks),
+		attribute.Int("predworker.failed_items", delta.FailedItems))
 	log.Info("chunk committed", logging.Event(logging.EventChunkCommitted), slog.Int("done_chunks", next.DoneChunks),
 		slog.Int("total_chunks", b.TotalChunks()), slog.Int("rows", len(rows)),
 		slog.Int64("duration_ms", e.clock.Since(start).Milliseconds()))

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/predworker/predworker/logging"
 	"github.com/predworker/predworker/state"
 )
@@ -115,7 +117,9 @@ func (r *Runner) start(ctx context.Context, b state.Batch) error {
 	if err := r.admit(ctx, b); err != nil {
 		return err
 	}
-	runCtx := logging.WithLogger(r.hardCtx, logging.FromContext(ctx, r.log))
+	// The run outlives the request, but continues its trace.
+	runCtx := trace.ContextWithSpanContext(logging.WithLogger(r.hardCtx, logging.FromContext(ctx, r.log)),
+		trace.SpanContextFromContext(ctx))
 	go func() {
 		defer r.done(b.ID)
 		defer func() { // no background run may end the process

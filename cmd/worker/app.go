@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -39,6 +40,7 @@ import (
 	bqsource "github.com/predworker/predworker/systems/bigquery"
 	"github.com/predworker/predworker/systems/league"
 	sinksqlite "github.com/predworker/predworker/systems/sqlite"
+	"github.com/predworker/predworker/tracing"
 	"github.com/predworker/predworker/worker"
 )
 
@@ -71,6 +73,7 @@ type app struct {
 	// checks verify every configured dependency (GET /v1/doctor, worker
 	// doctor).
 	checks []api.Check
+	tracer *tracing.Provider
 }
 
 func (a *app) check(name string, run func(ctx context.Context) error) {
@@ -104,6 +107,16 @@ func newApp(ctx context.Context, cfg *Config, log *slog.Logger) (_ *app, err err
 			err = errors.Join(err, a.Close())
 		}
 	}()
+	service := cmp.Or(cfg.Service, "predworker")
+	if a.tracer, err = tracing.Setup(ctx, tracing.Options{Mode: cfg.Traces, SampleRatio: cfg.TraceSampleRatio,
+		Project: cfg.Project, Service: service, Version: buildID, Stdout: os.Stdout, Logger: log}); err != nil {
+		return nil, err
+	}
+	a.onClose(func() error { // closed last: flushes the spans of everything closed before
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		return a.tracer.Shutdown(ctx)
+	})
 	if a.store, err = newStore(ctx, cfg); err != nil {
 		return nil, err
 	}
@@ -125,7 +138,7 @@ func newApp(ctx context.Context, cfg *Config, log *slog.Logger) (_ *app, err err
 	a.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	a.engine, err = worker.New(cfg.engineConfig(), worker.Deps{
 		Store: a.store, Features: features, Sink: sink, Registry: registry,
-		Logger: log, Metrics: worker.NewMetrics(a.registry, a.store),
+		Logger: log, Metrics: worker.NewMetrics(a.registry, a.store), Tracer: a.tracer,
 	})
 	if err != nil {
 		return nil, err
@@ -325,7 +338,7 @@ func serve(ctx context.Context, stopSignals func(), cfg *Config, log *slog.Logge
 		Handler: api.New(api.Options{Runner: a.runner, Store: a.store, Predictions: a.reader,
 			Metrics: promhttp.HandlerFor(a.registry, promhttp.HandlerOpts{}), Logger: log, Project: cfg.Project,
 			DeadLetters: a.deadLetters, PushBudget: cfg.PushBudget, MaxAttempts: cfg.MaxAttempts, Auth: auth,
-			Continuer: a.continuer, WriteTimeout: cfg.HTTPWriteTimeout, Checks: a.checks}).Handler(),
+			Continuer: a.continuer, WriteTimeout: cfg.HTTPWriteTimeout, Checks: a.checks, Tracer: a.tracer}).Handler(),
 		// A client that trickles its request, or never reads its answer,
 		// holds a connection for a bounded time. The write deadline is set
 		// per request by the api package (longer for a push's run).

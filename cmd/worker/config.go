@@ -17,6 +17,7 @@ import (
 	"github.com/predworker/predworker/logging"
 	"github.com/predworker/predworker/systems"
 	bqsource "github.com/predworker/predworker/systems/bigquery"
+	"github.com/predworker/predworker/tracing"
 	"github.com/predworker/predworker/worker"
 )
 
@@ -98,6 +99,10 @@ type Config struct {
 
 	LogLevel  string `env:"LOG_LEVEL, default=info"`
 	LogFormat string `env:"LOG_FORMAT, default=json"`
+	// Traces: off, stdout, otlp (OTEL_EXPORTER_OTLP_* say where) or
+	// cloudtrace; the share of new traces recorded.
+	Traces           string  `env:"TRACES, default=off"`
+	TraceSampleRatio float64 `env:"TRACE_SAMPLE_RATIO, default=1"`
 }
 
 // defaultConfig holds the defaults the packages own; LoadConfig overwrites
@@ -194,6 +199,12 @@ func (c *Config) validateServer() error {
 	if _, err := logging.ParseLevel(c.LogLevel); err != nil {
 		return fmt.Errorf("LOG_LEVEL: %w", err)
 	}
+	if c.TraceSampleRatio < 0 || c.TraceSampleRatio > 1 {
+		return fmt.Errorf("TRACE_SAMPLE_RATIO must be from 0 to 1 (got %g)", c.TraceSampleRatio)
+	}
+	if err := oneOf("TRACES", c.Traces, tracing.Modes...); err != nil {
+		return err
+	}
 	return oneOf("LOG_FORMAT", c.LogFormat, "json", "text")
 }
 
@@ -211,7 +222,7 @@ func (c *Config) validateBackends() error {
 	needsProject := map[string]bool{
 		"STATE_STORE=firestore": c.StateStore == "firestore", "EVENTS=pubsub": c.Events == "pubsub",
 		"FEATURE_SOURCE=bigquery": c.FeatureSource == "bigquery", "PREDICTION_SINK=bigquery": c.PredictionSink == "bigquery",
-		"PUSH_CONTINUATION_TOPIC is": c.ContinuationTopic != "",
+		"PUSH_CONTINUATION_TOPIC is": c.ContinuationTopic != "", "TRACES=cloudtrace": c.Traces == "cloudtrace",
 	}
 	for _, why := range slices.Sorted(maps.Keys(needsProject)) {
 		if needsProject[why] && c.Project == "" {
