@@ -36,10 +36,21 @@ type Auth struct {
 	Verifier TokenVerifier
 	// Push guards POST /pubsub/push: Pub/Sub's OIDC token.
 	Push *OIDCPolicy
-	// Operator guards /v1/*: an ID token of an allowed identity, or
-	// OperatorToken as a static bearer token.
-	Operator      *OIDCPolicy
-	OperatorToken string
+	// Operator guards /v1/*: an ID token of an allowed identity, or one of
+	// OperatorTokens as a static bearer token (several while one replaces
+	// another).
+	Operator       *OIDCPolicy
+	OperatorTokens []string
+}
+
+// staticToken reports whether token is one of the operator tokens, in time
+// independent of where they differ.
+func (a Auth) staticToken(token string) bool {
+	ok := 0
+	for _, t := range a.OperatorTokens {
+		ok |= subtle.ConstantTimeCompare([]byte(token), []byte(t))
+	}
+	return token != "" && ok == 1
 }
 
 var googleIssuers = []string{"https://accounts.google.com", "accounts.google.com"}
@@ -92,13 +103,12 @@ func (s *Server) requirePush(next http.Handler) http.Handler {
 // requireOperator guards the operator API.
 func (s *Server) requireOperator(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if s.auth.Operator == nil && s.auth.OperatorToken == "" {
+		if s.auth.Operator == nil && len(s.auth.OperatorTokens) == 0 {
 			next.ServeHTTP(w, r)
 			return
 		}
 		token := bearer(r)
-		if s.auth.OperatorToken != "" && token != "" &&
-			subtle.ConstantTimeCompare([]byte(token), []byte(s.auth.OperatorToken)) == 1 {
+		if s.auth.staticToken(token) {
 			next.ServeHTTP(w, r)
 			return
 		}

@@ -131,7 +131,7 @@ func TestPushOIDC(t *testing.T) {
 func TestOperatorAuth(t *testing.T) {
 	t.Parallel()
 	is := newIssuer(t)
-	f := setupWith(t, fixtureOpts{auth: api.Auth{Verifier: is.verifier, OperatorToken: "s3cret-token",
+	f := setupWith(t, fixtureOpts{auth: api.Auth{Verifier: is.verifier, OperatorTokens: []string{"s3cret-token", "n3xt-s3cret-token"},
 		Operator: &api.OIDCPolicy{Audience: opsAudience, Emails: []string{opsUser}}}})
 	hour := time.Now().Add(time.Hour)
 	for _, c := range []struct {
@@ -140,6 +140,8 @@ func TestOperatorAuth(t *testing.T) {
 		status int
 	}{
 		{"static token", "Bearer s3cret-token", 200},
+		{"the other static token (rotation)", "Bearer n3xt-s3cret-token", 200},
+		{"a prefix of a token", "Bearer s3cret-tok", 401},
 		{"oidc identity", "Bearer " + is.token(t, claims(opsAudience, opsUser, true, hour), is.key), 200},
 		{"none", "", 401},
 		{"wrong static token", "Bearer s3cret-tokeX", 401},

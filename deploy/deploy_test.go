@@ -55,6 +55,10 @@ type service struct {
 				} `yaml:"containers"`
 			} `yaml:"spec"`
 		} `yaml:"template"`
+		Traffic []struct {
+			LatestRevision bool `yaml:"latestRevision"`
+			Percent        int  `yaml:"percent"`
+		} `yaml:"traffic"`
 	} `yaml:"spec"`
 }
 

@@ -9,13 +9,14 @@
 # Re-running it is safe: "already exists" is fine.
 #
 #   PROJECT_ID=my-project REGION=us-central1 \
-#   IMAGE=us-central1-docker.pkg.dev/my-project/predworker/worker:TAG \
 #   OPERATOR_EMAILS=oncall@example.com bash deploy/setup.sh
 #
-# Optional: DATASET (nba_predictions), FIRESTORE_PREFIX (""), SERVICE
-# (predworker), ALERT_EMAIL (a notification channel for the alerts).
+# Optional: IMAGE (an image already pushed; by default Cloud Build builds one
+# from this checkout), DATASET (nba_predictions), FIRESTORE_PREFIX (""),
+# SERVICE (predworker), ALERT_EMAIL (a notification channel for the alerts).
 set -euo pipefail
-: "${PROJECT_ID:?set PROJECT_ID}" "${REGION:?set REGION}" "${IMAGE:?set IMAGE}"
+: "${PROJECT_ID:?set PROJECT_ID}" "${REGION:?set REGION}"
+IMAGE="${IMAGE:-}"
 OPERATOR_EMAILS="${OPERATOR_EMAILS:-}"
 DATASET="${DATASET:-nba_predictions}"
 FIRESTORE_PREFIX="${FIRESTORE_PREFIX:-}"
@@ -65,6 +66,13 @@ for role in roles/run.admin roles/artifactregistry.writer; do
 done
 gcloud iam service-accounts add-iam-policy-binding "$RUN_SA" \
   --member="serviceAccount:${BUILD_SA}" --role=roles/iam.serviceAccountUser
+# The first image, unless one is given: Cloud Build builds the Dockerfile of
+# this checkout into the repository made above (no Docker needed here).
+# Later images come from cloudbuild.yaml.
+if [ -z "$IMAGE" ]; then
+  IMAGE="${REGION}-docker.pkg.dev/${PROJECT_ID}/predworker/worker:setup-$(date -u +%Y%m%d%H%M%S)"
+  gcloud builds submit --tag="$IMAGE" .
+fi
 # Operators impersonate OPS_SA to get ID tokens for the service's audience.
 for who in $(echo "$OPERATOR_EMAILS" | tr ',' ' '); do
   case "$who" in *.gserviceaccount.com) continue ;; esac
@@ -115,8 +123,10 @@ done
 # Cloud Run: the service definition is the source of truth (cloudbuild.yaml
 # applies it too). Only PUSH_SA, SCHED_SA and OPERATOR_EMAILS may invoke.
 export PROJECT_ID IMAGE RUN_SA PUSH_SA OPERATOR_EMAILS SERVICE_URL SERVICE
-envsubst < deploy/service.yaml > /tmp/predworker-service.yaml
-gcloud run services replace /tmp/predworker-service.yaml --region="$REGION"
+SERVICE_FILE="$(mktemp)"
+trap 'rm -f "$SERVICE_FILE"' EXIT
+envsubst < deploy/service.yaml > "$SERVICE_FILE"
+gcloud run services replace "$SERVICE_FILE" --region="$REGION"
 for who in "serviceAccount:${PUSH_SA}" "serviceAccount:${SCHED_SA}" "serviceAccount:${OPS_SA}"; do
   gcloud run services add-iam-policy-binding "$SERVICE" --region="$REGION" --member="$who" --role=roles/run.invoker
 done
@@ -164,4 +174,5 @@ fi
 for policy in deploy/alerts/*.json; do
   gcloud alpha monitoring policies create --policy-from-file="$policy" ${CHANNEL:+--notification-channels="$CHANNEL"}
 done
-echo "predworker deployed at ${SERVICE_URL}; operators: ${OPERATOR_EMAILS}"
+echo "predworker deployed at ${SERVICE_URL} (image ${IMAGE})"
+echo "for cloudbuild.yaml and docs/operations.md: export OPERATOR_EMAILS='${OPERATOR_EMAILS}'"

@@ -28,7 +28,17 @@ args=" $* "
 case "$args" in
   *" projects describe "*) echo 123456789012 ;;
   *" monitoring channels create "*) echo "projects/p/notificationChannels/42" ;;
+  *" config get-value account "*) echo oncall@example.com ;;
+  *" auth print-identity-token "*) echo "${FAKE_ID_TOKEN:-}" ;;
+  *" run revisions list "*) printf 'predworker-00002-abc\npredworker-00001-xyz\n' ;;
 esac
+# Messages really move: these go to the real gcloud (and the Pub/Sub
+# emulator) when the test provides one.
+if [ "$prog" = gcloud ] && [ -n "${REAL_GCLOUD:-}" ] && [ "${1:-}" = pubsub ]; then
+  case "${2:-} ${3:-}" in
+    "subscriptions pull"|"subscriptions ack"|"topics publish") exec "$REAL_GCLOUD" "$@" ;;
+  esac
+fi
 if [ "$prog" = gcloud ] && [ "${1:-}" = run ] && [ "${2:-}" = services ] && [ "${3:-}" = replace ]; then
   n=$(ls "$FAKE_DIR" | grep -c '^service-' || true)
   cp "$4" "$FAKE_DIR/service-$n.yaml"
@@ -40,53 +50,82 @@ fi
 // applied.
 func runSetup(t *testing.T, env ...string) ([][]string, []service) {
 	t.Helper()
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "bin")
-	if err := os.Mkdir(bin, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for _, prog := range []string{"gcloud", "bq"} {
-		if err := os.WriteFile(filepath.Join(bin, prog), []byte(standIn), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	log := filepath.Join(dir, "calls.jsonl")
+	st := newStandIns(t)
 	cmd := exec.Command("bash", "setup.sh")
-	cmd.Env = append(os.Environ(), "PATH="+bin+":"+os.Getenv("PATH"), "FAKE_LOG="+log, "FAKE_DIR="+dir,
-		"PROJECT_ID=my-project", "REGION=us-central1", "IMAGE=us-central1-docker.pkg.dev/my-project/predworker/worker:b1",
-		"OPERATOR_EMAILS=oncall@example.com", "ALERT_EMAIL=oncall@example.com", "TMPDIR="+dir)
+	cmd.Env = append(st.env(), "PROJECT_ID=my-project", "REGION=us-central1",
+		"IMAGE=us-central1-docker.pkg.dev/my-project/predworker/worker:b1",
+		"OPERATOR_EMAILS=oncall@example.com", "ALERT_EMAIL=oncall@example.com")
 	cmd.Env = append(cmd.Env, env...)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("setup.sh: %v\n%s", err, out)
 	}
-	raw, err := os.ReadFile(log)
-	if err != nil {
+	return st.calls(), st.services()
+}
+
+// standIns is a directory with the stand-in gcloud and bq, their call log
+// and the service definitions they were asked to apply.
+type standIns struct {
+	t   *testing.T
+	dir string
+}
+
+func newStandIns(t *testing.T) *standIns {
+	t.Helper()
+	st := &standIns{t: t, dir: t.TempDir()}
+	if err := os.Mkdir(filepath.Join(st.dir, "bin"), 0o755); err != nil {
 		t.Fatal(err)
+	}
+	for _, prog := range []string{"gcloud", "bq"} {
+		if err := os.WriteFile(filepath.Join(st.dir, "bin", prog), []byte(standIn), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return st
+}
+
+// env is the environment of a command that finds the stand-ins first.
+func (st *standIns) env() []string {
+	return append(os.Environ(), "PATH="+filepath.Join(st.dir, "bin")+":"+os.Getenv("PATH"),
+		"FAKE_LOG="+filepath.Join(st.dir, "calls.jsonl"), "FAKE_DIR="+st.dir, "TMPDIR="+st.dir)
+}
+
+// calls returns every recorded call, in order.
+func (st *standIns) calls() [][]string {
+	st.t.Helper()
+	raw, err := os.ReadFile(filepath.Join(st.dir, "calls.jsonl"))
+	if err != nil {
+		st.t.Fatal(err)
 	}
 	var calls [][]string
 	for _, line := range strings.Split(strings.TrimSpace(string(raw)), "\n") {
 		var c []string
 		if err := json.Unmarshal([]byte(line), &c); err != nil {
-			t.Fatal(err)
+			st.t.Fatal(err)
 		}
 		calls = append(calls, c)
 	}
+	return calls
+}
+
+// services returns the service definitions applied, in order.
+func (st *standIns) services() []service {
+	st.t.Helper()
 	var svcs []service
 	for i := 0; ; i++ {
-		b, err := os.ReadFile(filepath.Join(dir, fmt.Sprintf("service-%d.yaml", i)))
+		b, err := os.ReadFile(filepath.Join(st.dir, fmt.Sprintf("service-%d.yaml", i)))
 		if err != nil {
 			break
 		}
 		if strings.Contains(string(b), "${") {
-			t.Errorf("applied service definition still has a placeholder:\n%s", b)
+			st.t.Errorf("applied service definition still has a placeholder:\n%s", b)
 		}
 		var s service
 		if err := yaml.Unmarshal(b, &s); err != nil {
-			t.Fatal(err)
+			st.t.Fatal(err)
 		}
 		svcs = append(svcs, s)
 	}
-	return calls, svcs
+	return svcs
 }
 
 // has reports whether call has the flag --name=value (or, value "", --name).
@@ -477,5 +516,35 @@ func TestCloudBuild(t *testing.T) {
 	if !strings.Contains(steps["deploy"], "run services replace") || !strings.Contains(steps["deploy"], "deploy/service.yaml") ||
 		strings.Contains(steps["deploy"], "--image") {
 		t.Errorf("the deploy step does not apply deploy/service.yaml: %s", steps["deploy"])
+	}
+}
+
+// Without IMAGE, setup.sh has Cloud Build build the first image into the
+// repository it has just made, and deploys that image; every deploy sends
+// all traffic to the new revision (ending any rollback).
+func TestSetupBuildsTheFirstImage(t *testing.T) {
+	t.Parallel()
+	calls, svcs := runSetup(t, "IMAGE=")
+	repo, built, replaced, tag := -1, -1, -1, ""
+	for i, c := range calls {
+		switch {
+		case isCall(c, "gcloud", "artifacts", "repositories", "create"):
+			repo = i
+		case isCall(c, "gcloud", "builds", "submit"):
+			built = i
+			tag, _ = flagValue(c, "tag")
+		case isCall(c, "gcloud", "run", "services", "replace"):
+			replaced = i
+		}
+	}
+	if repo < 0 || built < repo || replaced < built ||
+		!regexp.MustCompile(`^us-central1-docker\.pkg\.dev/my-project/predworker/worker:setup-\d{14}$`).MatchString(tag) {
+		t.Fatalf("repository at call %d, build at %d (tag %q), deploy at %d", repo, built, tag, replaced)
+	}
+	if len(svcs) != 1 || svcs[0].Spec.Template.Spec.Containers[0].Image != tag {
+		t.Fatalf("deployed %+v, want the image just built", svcs)
+	}
+	if tr := svcs[0].Spec.Traffic; len(tr) != 1 || !tr[0].LatestRevision || tr[0].Percent != 100 {
+		t.Fatalf("traffic %+v, want all of it on the latest revision", tr)
 	}
 }

@@ -302,7 +302,7 @@ func shortHash(b []byte) string {
 
 // newAuth builds the authentication policies from the configuration.
 func newAuth(ctx context.Context, cfg *Config) (api.Auth, error) {
-	a := api.Auth{OperatorToken: cfg.OperatorToken}
+	a := api.Auth{OperatorTokens: cfg.OperatorTokens}
 	if cfg.PushAudience != "" {
 		a.Push = &api.OIDCPolicy{Audience: cfg.PushAudience, Emails: cfg.PushServiceAccounts}
 	}

@@ -90,7 +90,7 @@ type Config struct {
 	PushServiceAccounts  []string `env:"PUSH_SERVICE_ACCOUNTS"`
 	OperatorAudience     string   `env:"OPERATOR_AUDIENCE"`
 	OperatorEmails       []string `env:"OPERATOR_EMAILS"`
-	OperatorToken        string   `env:"OPERATOR_TOKEN"`
+	OperatorTokens       []string `env:"OPERATOR_TOKEN"`
 	AllowUnauthenticated bool     `env:"ALLOW_UNAUTHENTICATED, default=false"`
 	// AllowEmbeddedOnCloudRun lets the service start on Cloud Run with
 	// SQLite state or predictions, which live on the instance's in-memory
@@ -267,11 +267,11 @@ func (c *Config) validateAuth() error {
 		return fmt.Errorf("OPERATOR_EMAILS must list the allowed identities when OPERATOR_AUDIENCE is set")
 	case c.OperatorAudience == "" && len(c.OperatorEmails) > 0:
 		return fmt.Errorf("OPERATOR_AUDIENCE must be set when OPERATOR_EMAILS is")
-	case c.OperatorToken != "" && len(c.OperatorToken) < 16:
-		return fmt.Errorf("OPERATOR_TOKEN must be at least 16 characters")
+	case slices.ContainsFunc(c.OperatorTokens, func(t string) bool { return len(t) < 16 }):
+		return fmt.Errorf("OPERATOR_TOKEN: every token (comma-separated) must be at least 16 characters")
 	}
 	pushOpen := c.PushAudience == ""
-	opsOpen := c.OperatorAudience == "" && c.OperatorToken == ""
+	opsOpen := c.OperatorAudience == "" && len(c.OperatorTokens) == 0
 	if c.Service != "" && (pushOpen || opsOpen) && !c.AllowUnauthenticated {
 		return fmt.Errorf("on Cloud Run (K_SERVICE is set) the push endpoint and the operator API need authentication: " +
 			"set PUSH_AUDIENCE and PUSH_SERVICE_ACCOUNTS, and OPERATOR_TOKEN or OPERATOR_AUDIENCE with OPERATOR_EMAILS; " +
@@ -355,7 +355,7 @@ func (c *Config) LogValue() slog.Value {
 		slog.Any("systems", c.Systems), slog.String("system_fallbacks", c.SystemFallbacks.String()),
 		slog.String("system_thresholds", c.SystemThresholds.String()), slog.String("model_path", c.ModelPath),
 		slog.Bool("push_auth", c.PushAudience != ""), slog.Bool("operator_oidc", c.OperatorAudience != ""),
-		slog.Bool("operator_token", c.OperatorToken != ""), slog.Bool("allow_unauthenticated", c.AllowUnauthenticated),
+		slog.Int("operator_tokens", len(c.OperatorTokens)), slog.Bool("allow_unauthenticated", c.AllowUnauthenticated),
 		slog.Bool("allow_embedded_on_cloud_run", c.AllowEmbeddedOnCloudRun),
 		slog.String("push_budget", c.PushBudget.String()), slog.Int("max_delivery_attempts", c.MaxAttempts),
 		slog.String("bigquery_timeout", c.BigQueryTimeout.String()),

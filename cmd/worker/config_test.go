@@ -72,6 +72,7 @@ func TestConfigRejects(t *testing.T) {
 		{map[string]string{"PUSH_AUDIENCE": "https://a"}, "PUSH_SERVICE_ACCOUNTS"},
 		{map[string]string{"OPERATOR_EMAILS": "a@b.c"}, "OPERATOR_AUDIENCE"},
 		{map[string]string{"OPERATOR_TOKEN": "short"}, "OPERATOR_TOKEN"},
+		{map[string]string{"OPERATOR_TOKEN": "0123456789abcdef0123,short"}, "every token"},
 		{map[string]string{"MAX_DELIVERY_ATTEMPTS": "0"}, "MAX_DELIVERY_ATTEMPTS"},
 		{map[string]string{"FEATURE_SOURCE": "bigquery"}, "GOOGLE_CLOUD_PROJECT must be set"},
 		{map[string]string{"SYSTEM_BREAKERS": "xgboost_v1=many:30s"}, "SYSTEM_BREAKERS"},
