@@ -58,3 +58,42 @@ func Validate(f *Features, minQuality float64) error {
 	}
 	return nil
 }
+
+// Form is the form rule of the feature contract: hot when the last five
+// games average three points above the season, cold when three below,
+// neutral otherwise or with fewer than three games.
+func Form(l5, season float64, games int) string {
+	switch {
+	case games < 3:
+		return "neutral"
+	case l5 > season+3:
+		return "hot"
+	case l5 < season-3:
+		return "cold"
+	}
+	return "neutral"
+}
+
+// Mean of xs (0 for none).
+func Mean(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := 0.0
+	for _, x := range xs {
+		s += x
+	}
+	return s / float64(len(xs))
+}
+
+// StdDev is the sample standard deviation of xs (0 for fewer than two).
+func StdDev(xs []float64) float64 {
+	if len(xs) < 2 {
+		return 0
+	}
+	m, s := Mean(xs), 0.0
+	for _, x := range xs {
+		s += (x - m) * (x - m)
+	}
+	return math.Sqrt(s / float64(len(xs)-1))
+}

@@ -60,9 +60,21 @@ type Features struct {
 	PointsAvgL10    float64 `json:"points_avg_last_10"`
 	PointsAvgSeason float64 `json:"points_avg_season"`
 	PointsStdL10    float64 `json:"points_std_last_10"`
-	GamesPlayed     int     `json:"games_played"`
-	GamesLast7Days  int     `json:"games_in_last_7_days"`
-	FatigueScore    float64 `json:"fatigue_score"` // 0-100, higher is more tired
+	// Minutes per game, last five and season; 0 where the source has no
+	// minutes (the synthetic league, the BigQuery feature table).
+	MinutesAvgL5     float64 `json:"minutes_avg_last_5,omitempty"`
+	MinutesAvgSeason float64 `json:"minutes_avg_season,omitempty"`
+	// Points per minute on the floor, last five and season (0 without
+	// minutes).
+	PointsPerMinL5     float64 `json:"points_per_minute_last_5,omitempty"`
+	PointsPerMinSeason float64 `json:"points_per_minute_season,omitempty"`
+	// TeammatesOut is the scoring missing from the team tonight: the
+	// season points per game of teammates who played its previous game
+	// and are not on tonight's slate (injured, rested, traded).
+	TeammatesOut   float64 `json:"teammates_out_points,omitempty"`
+	GamesPlayed    int     `json:"games_played"`
+	GamesLast7Days int     `json:"games_in_last_7_days"`
+	FatigueScore   float64 `json:"fatigue_score"` // 0-100, higher is more tired
 
 	// Shot-zone mix: shares of the player's points from paint, mid-range,
 	// three and free throws (they sum to 1).

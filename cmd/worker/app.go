@@ -38,6 +38,7 @@ import (
 	statesqlite "github.com/predworker/predworker/state/sqlite"
 	"github.com/predworker/predworker/systems"
 	bqsource "github.com/predworker/predworker/systems/bigquery"
+	"github.com/predworker/predworker/systems/gamelogs"
 	"github.com/predworker/predworker/systems/league"
 	sinksqlite "github.com/predworker/predworker/systems/sqlite"
 	"github.com/predworker/predworker/tracing"
@@ -239,7 +240,20 @@ func (a *app) openSink(ctx context.Context, cfg *Config) (systems.Sink, error) {
 
 // openFeatureSource opens the configured feature source.
 func (a *app) openFeatureSource(ctx context.Context, cfg *Config) (systems.FeatureSource, error) {
-	if cfg.FeatureSource != "bigquery" {
+	switch cfg.FeatureSource {
+	case "gamelogs":
+		src, err := gamelogs.Load(gamelogs.Options{Games: cfg.GamelogPath, Lines: cfg.LinesPath})
+		if err != nil {
+			return nil, fmt.Errorf("FEATURE_SOURCE=gamelogs: %w", err)
+		}
+		dates := src.Dates()
+		a.check(fmt.Sprintf("feature source (game logs %s): %d dates, %s to %s", cfg.GamelogPath, len(dates),
+			dates[0], dates[len(dates)-1]), func(ctx context.Context) error {
+			_, err := src.Slate(ctx, dates[len(dates)-1])
+			return err
+		})
+		return src, nil
+	case "local":
 		a.check("feature source (the bundled league): has a slate", func(ctx context.Context) error {
 			_, err := league.Lazy{}.Slate(ctx, "2025-01-15")
 			return err

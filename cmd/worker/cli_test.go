@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -9,8 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/predworker/predworker/internal/nbadata"
 	"github.com/predworker/predworker/state"
 	statesqlite "github.com/predworker/predworker/state/sqlite"
+	"github.com/predworker/predworker/systems/evaluate"
 	"github.com/predworker/predworker/worker"
 )
 
@@ -106,5 +109,51 @@ func TestDoctorOnTheEmbeddedDefault(t *testing.T) {
 	}
 	if _, err := cli(t, "doctor", "extra"); !errors.As(err, new(usageError)) {
 		t.Fatalf("doctor with an argument = %v, want a usage error", err)
+	}
+}
+
+// `worker score --games` over a week of real games: every system and both
+// baselines scored on the same player-games, as JSON, with the plot drawn;
+// the same numbers on a second run.
+func TestScoreGames(t *testing.T) {
+	data := nbadata.Require(t)
+	t.Setenv("LOG_LEVEL", "error")
+	plot := filepath.Join(t.TempDir(), "score.svg")
+	args := []string{"score", "--games", data.Games, "--lines", data.Lines, "--from", "2024-12-01", "--to", "2024-12-07", "--json"}
+	out, err := cli(t, append(args, "--plot", plot)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r evaluate.Report
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if r.Eligible < 500 || len(r.Systems) != 5 || len(r.Baselines) != 2 {
+		t.Fatalf("report: %d player-games, %d systems, %d baselines", r.Eligible, len(r.Systems), len(r.Baselines))
+	}
+	for _, s := range r.Systems {
+		if s.N != r.Eligible || s.MAE < 2 || s.MAE > 8 || s.LinedN != r.Baselines[1].N || s.HitRate == nil {
+			t.Errorf("%s: %+v", s.SystemID, s)
+		}
+	}
+	if b := r.Baselines[0]; b.Baseline != "season_average" || b.N != r.Eligible {
+		t.Errorf("season average baseline %+v", b)
+	}
+	if b := r.Baselines[1]; b.Baseline != "line" || b.N == 0 || b.N >= r.Eligible {
+		t.Errorf("line baseline %+v", b)
+	}
+	svg, err := os.ReadFile(plot)
+	if err != nil || !strings.Contains(string(svg), "<svg") || !strings.Contains(string(svg), "MAE by month") {
+		t.Fatalf("plot: %v", err)
+	}
+	again, err := cli(t, args...)
+	if err != nil || again != out {
+		t.Fatalf("a second run differs (%v)", err)
+	}
+	for _, bad := range [][]string{{"score", "--games", data.Games}, {"score", "--games", data.Games, "--from", "2024-12-07", "--to", "2024-12-01"},
+		{"score", "--from", "2024-12-01", "--to", "2024-12-02", "--json"}} {
+		if _, err := cli(t, bad...); !errors.As(err, new(usageError)) {
+			t.Errorf("worker %v = %v, want a usage error", bad, err)
+		}
 	}
 }

@@ -47,6 +47,10 @@ type Config struct {
 	// or test runs can share one database.
 	FirestoreDatabase string `env:"FIRESTORE_DATABASE, default=(default)"`
 	FirestorePrefix   string `env:"FIRESTORE_PREFIX"`
+	// Real game logs (FEATURE_SOURCE=gamelogs): the game-log file and an
+	// optional file of points lines, CSV or gzipped CSV.
+	GamelogPath string `env:"GAMELOG_PATH"`
+	LinesPath   string `env:"LINES_PATH"`
 	// BigQuery feature table (FEATURE_SOURCE=bigquery); the project defaults
 	// to GOOGLE_CLOUD_PROJECT.
 	FeaturesProject string        `env:"BIGQUERY_FEATURES_PROJECT"`
@@ -211,7 +215,7 @@ func (c *Config) validateServer() error {
 func (c *Config) validateBackends() error {
 	for _, e := range []error{
 		oneOf("STATE_STORE", c.StateStore, "sqlite", "firestore"),
-		oneOf("FEATURE_SOURCE", c.FeatureSource, "local", "bigquery"),
+		oneOf("FEATURE_SOURCE", c.FeatureSource, "local", "bigquery", "gamelogs"),
 		oneOf("PREDICTION_SINK", c.PredictionSink, "sqlite", "bigquery"),
 		oneOf("EVENTS", c.Events, "log", "pubsub"),
 	} {
@@ -236,6 +240,12 @@ func (c *Config) validateBackends() error {
 		if err := (bqsource.Options{TableProject: c.FeaturesProject, Dataset: c.FeaturesDataset, Table: c.FeaturesTable}).ValidateIdentifiers(); err != nil {
 			return err
 		}
+	}
+	switch {
+	case c.FeatureSource == "gamelogs" && c.GamelogPath == "":
+		return fmt.Errorf("GAMELOG_PATH must name a game-log file when FEATURE_SOURCE=gamelogs")
+	case c.FeatureSource != "gamelogs" && (c.GamelogPath != "" || c.LinesPath != ""):
+		return fmt.Errorf("GAMELOG_PATH and LINES_PATH are read only with FEATURE_SOURCE=gamelogs")
 	}
 	if (c.FeatureSource == "bigquery" || c.PredictionSink == "bigquery") && c.BigQueryTimeout <= 0 {
 		return fmt.Errorf("BIGQUERY_TIMEOUT must be a positive duration (got %s)", c.BigQueryTimeout)

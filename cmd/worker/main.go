@@ -60,7 +60,11 @@ var commandUsage = map[string]string{
     over from a live owner (the old owner is fenced). Exits 0 only when it completed.`,
 	"status": `worker status BATCH_ID
     print a batch's status as JSON`,
-	"score": `worker score --batch-id ID | --from DATE --to DATE
+	"score": `worker score --games FILE [--lines FILE] --from DATE --to DATE [--json] [--plot FILE.svg]
+    predict every game of the range in a game-log file and score the systems against
+    the real outcomes, the season average and the lines (MAE, RMSE, bias, coverage,
+    fallbacks, side hit rate, return at the listed odds and at -110)
+  worker score --batch-id ID | --from DATE --to DATE
     score predictions against the synthetic league's actual points`,
 	"doctor": `worker doctor
     check every configured dependency (state store and its indexes, tables and

@@ -13,17 +13,37 @@ import (
 	"github.com/predworker/predworker/worker"
 )
 
-// scoreCommand scores finished batches against the synthetic league's actual
-// points: one batch (--batch-id), or every date of a range (--from, --to),
-// running the batches that do not exist yet.
+// scoreCommand scores predictions against real outcomes. With --games, every
+// date of the range in a game-log file is predicted (in a scratch store) and
+// scored against the file's outcomes and lines; otherwise finished batches
+// are scored against the synthetic league's actual points: one batch
+// (--batch-id), or every date of a range (--from, --to), running the batches
+// that do not exist yet.
 func scoreCommand(ctx context.Context, cfg *Config, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("score", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	batchID := fs.String("batch-id", "", "score this finished batch")
 	from := fs.String("from", "", "first date of a range to run and score, YYYY-MM-DD")
 	to := fs.String("to", "", "last date of the range (inclusive)")
+	games := fs.String("games", "", "a game-log file (CSV or gzipped CSV): predict and score its games")
+	lines := fs.String("lines", "", "with --games: a file of points lines")
+	asJSON := fs.Bool("json", false, "with --games: print one JSON object")
+	plotTo := fs.String("plot", "", "with --games: draw the error by month and the calibration into this SVG file")
 	if err := fs.Parse(args); err != nil {
 		return usageError{err.Error()}
+	}
+	if fs.NArg() > 0 {
+		return usageError{fmt.Sprintf("score: unexpected argument %q\n%s", fs.Arg(0), commandUsage["score"])}
+	}
+	if *games != "" {
+		if *batchID != "" || *from == "" || *to == "" {
+			return usageError{"score: --games needs --from DATE --to DATE (and no --batch-id)"}
+		}
+		return scoreGames(ctx, cfg, scoreRequest{games: *games, lines: *lines, from: *from, to: *to, json: *asJSON, plot: *plotTo},
+			stdout, stderr)
+	}
+	if *lines != "" || *asJSON || *plotTo != "" {
+		return usageError{"score: --lines, --json and --plot go with --games"}
 	}
 	if (*batchID == "") == (*from == "") {
 		return usageError{"score: give either --batch-id ID or --from DATE --to DATE"}

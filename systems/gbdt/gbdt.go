@@ -21,6 +21,10 @@ type TrainConfig struct {
 	LearningRate float64 // shrinkage
 	Bins         int     // histogram bins per feature
 	MinLeaf      int     // fewest rows in a leaf
+	// Objective is "l2" (squared error: the mean; the default) or "l1"
+	// (absolute error: splits on the sign of the residuals, leaves at their
+	// median, as LightGBM's regression_l1 does).
+	Objective string
 }
 
 // DefaultTrainConfig is what the bundled model was fitted with.
@@ -89,19 +93,32 @@ func Train(X [][]float64, y []float64, cfg TrainConfig) (*Model, error) {
 			bins[f][i] = uint8(b)
 		}
 	}
-	m := &Model{nfeat: nf}
-	for _, v := range y {
-		m.Base += v
+	l1 := cfg.Objective == "l1"
+	if cfg.Objective != "" && cfg.Objective != "l2" && !l1 {
+		return nil, fmt.Errorf("train: unknown objective %q (want l2 or l1)", cfg.Objective)
 	}
-	m.Base /= float64(len(y))
+	m := &Model{nfeat: nf}
+	if l1 {
+		m.Base = median(slices.Clone(y))
+	} else {
+		for _, v := range y {
+			m.Base += v
+		}
+		m.Base /= float64(len(y))
+	}
 	pred := make([]float64, len(y))
 	for i := range pred {
 		pred[i] = m.Base
 	}
 	resid := make([]float64, len(y))
+	grad := make([]float64, len(y)) // what splits are chosen on
 	for range cfg.Trees {
 		for i := range y {
 			resid[i] = y[i] - pred[i]
+			grad[i] = resid[i]
+			if l1 {
+				grad[i] = sign(resid[i])
+			}
 		}
 		all := make([]int, len(y))
 		for i := range all {
@@ -112,10 +129,18 @@ func Train(X [][]float64, y []float64, cfg TrainConfig) (*Model, error) {
 		grow = func(rows []int, depth int) int {
 			sum := 0.0
 			for _, r := range rows {
-				sum += resid[r]
+				sum += grad[r]
 			}
 			idx := len(t)
-			t = append(t, node{Feature: -1, Value: cfg.LearningRate * sum / float64(len(rows))})
+			value := cfg.LearningRate * sum / float64(len(rows))
+			if l1 {
+				rs := make([]float64, len(rows))
+				for k, r := range rows {
+					rs[k] = resid[r]
+				}
+				value = cfg.LearningRate * median(rs)
+			}
+			t = append(t, node{Feature: -1, Value: value})
 			if depth == cfg.Depth || len(rows) < 2*cfg.MinLeaf {
 				return idx
 			}
@@ -128,7 +153,7 @@ func Train(X [][]float64, y []float64, cfg TrainConfig) (*Model, error) {
 				clear(hc)
 				for _, r := range rows {
 					b := bins[f][r]
-					hs[b] += resid[r]
+					hs[b] += grad[r]
 					hc[b]++
 				}
 				ls, lc := 0.0, 0
@@ -257,4 +282,46 @@ func (m *Model) MAE(X [][]float64, y []float64) float64 {
 		s += math.Abs(m.Predict(X[i]) - y[i])
 	}
 	return s / float64(len(X))
+}
+
+// BestPrefix returns the number of trees, from 1 to all, whose prefix of the
+// ensemble has the lowest mean absolute error on (X, y), and that error
+// (early stopping on a validation set, decided after training).
+func (m *Model) BestPrefix(X [][]float64, y []float64) (int, float64) {
+	pred := make([]float64, len(y))
+	for i := range pred {
+		pred[i] = m.Base
+	}
+	best, bestMAE := 0, math.Inf(1)
+	for k, t := range m.Trees {
+		s := 0.0
+		for i := range X {
+			pred[i] += evalTree(t, X[i])
+			s += math.Abs(pred[i] - y[i])
+		}
+		if mae := s / float64(len(y)); mae < bestMAE {
+			best, bestMAE = k+1, mae
+		}
+	}
+	return best, bestMAE
+}
+
+func sign(v float64) float64 {
+	switch {
+	case v > 0:
+		return 1
+	case v < 0:
+		return -1
+	}
+	return 0
+}
+
+// median of xs (reordered in place).
+func median(xs []float64) float64 {
+	slices.Sort(xs)
+	n := len(xs)
+	if n%2 == 1 {
+		return xs[n/2]
+	}
+	return (xs[n/2-1] + xs[n/2]) / 2
 }

@@ -409,40 +409,6 @@ func (l *League) Features(ctx context.Context, date string, players []string) (m
 	return out, nil
 }
 
-func formOf(l5, season float64, n int) string {
-	switch {
-	case n < 3:
-		return "neutral"
-	case l5 > season+3:
-		return "hot"
-	case l5 < season-3:
-		return "cold"
-	}
-	return "neutral"
-}
-
-func mean(xs []float64) float64 {
-	if len(xs) == 0 {
-		return 0
-	}
-	s := 0.0
-	for _, x := range xs {
-		s += x
-	}
-	return s / float64(len(xs))
-}
-
-func stddev(xs []float64) float64 {
-	if len(xs) < 2 {
-		return 0
-	}
-	m, s := mean(xs), 0.0
-	for _, x := range xs {
-		s += (x - m) * (x - m)
-	}
-	return math.Sqrt(s / float64(len(xs)-1))
-}
-
 func round1(v float64) float64 { return math.Round(v*10) / 10 }
 
 // features computes the feature row of player pi for his game at log index i
@@ -471,9 +437,9 @@ func (l *League) features(pi, i int, date string) *systems.Features {
 		if len(pts) == 0 {
 			return prior
 		}
-		return round1(mean(pts[:min(n, len(pts))]))
+		return round1(systems.Mean(pts[:min(n, len(pts))]))
 	}
-	std := stddev(pts[:min(10, len(pts))])
+	std := systems.StdDev(pts[:min(10, len(pts))])
 	if len(pts) < 3 {
 		std = p.Volatility * math.Sqrt(p.Mean) * 1.6
 	}
@@ -481,7 +447,7 @@ func (l *League) features(pi, i int, date string) *systems.Features {
 	// season average coming into it.
 	for k := range recent {
 		older := pts[k+1:]
-		recent[k].Form = formOf(mean(older[:min(5, len(older))]), mean(older), len(older))
+		recent[k].Form = systems.Form(systems.Mean(older[:min(5, len(older))]), systems.Mean(older), len(older))
 	}
 	games7, fatigue := 0, 0.0
 	for j := i - 1; j >= 0 && log[j].day >= cur.day-7; j-- {
@@ -500,7 +466,7 @@ func (l *League) features(pi, i int, date string) *systems.Features {
 	}
 	usageL5 := p.Usage
 	if len(usage) > 0 {
-		usageL5 = mean(usage[:min(5, len(usage))])
+		usageL5 = systems.Mean(usage[:min(5, len(usage))])
 	}
 	pace := (l.Teams[p.Team].Pace + opp.Pace) / 2
 	f := &systems.Features{
@@ -533,7 +499,7 @@ func (l *League) features(pi, i int, date string) *systems.Features {
 		RecentGames:      recent,
 		Quality:          systems.Clamp(40+6*float64(len(pts)), 0, 100),
 	}
-	f.Form = formOf(f.PointsAvgL5, f.PointsAvgSeason, len(pts))
+	f.Form = systems.Form(f.PointsAvgL5, f.PointsAvgSeason, len(pts))
 	if cur.hasLine {
 		f.HasLine = true
 		f.Line = math.Round((0.55*f.PointsAvgL10+0.45*f.PointsAvgSeason+cur.lineSeed)*2)/2 - 0.5

@@ -14,7 +14,10 @@ import (
 	_ "embed"
 	"fmt"
 	"io"
+	"maps"
 	"math"
+	"slices"
+	"strings"
 
 	"github.com/dmitryikh/leaves"
 
@@ -30,13 +33,20 @@ const (
 	MinConfidence = 55.0
 )
 
-// FeatureNames is the model's input contract, in order (feature set v1).
+// FeatureNames is the bundled model's input contract, in order (feature set
+// v1). A model file names its own inputs (feature_names=): any of Inputs,
+// in any order.
 var FeatureNames = []string{
 	"points_avg_last_5", "points_avg_last_10", "points_avg_season", "points_std_last_10",
 	"games_played", "games_in_last_7_days", "fatigue_score", "paint_share", "mid_share",
 	"three_share", "ft_share", "shot_zone_mismatch", "opponent_def_rating", "opponent_tier",
 	"pace_adjustment", "usage_rate", "usage_spike", "home", "back_to_back", "rest_days",
 }
+
+// RealFeatureNames is the input set of models trained on real game logs
+// (cmd/trainmodel --games): v1 plus minutes, pace and form.
+var RealFeatureNames = append(slices.Clone(FeatureNames), "minutes_avg_last_5", "minutes_avg_season", "pace", "form",
+	"points_per_minute_last_5", "points_per_minute_season", "teammates_out_points")
 
 func b2f(b bool) float64 {
 	if b {
@@ -45,14 +55,50 @@ func b2f(b bool) float64 {
 	return 0
 }
 
-// Vector writes f's model inputs, in FeatureNames order, into x (len ≥ 20).
-func Vector(f *systems.Features, x []float64) []float64 {
-	x = append(x[:0], f.PointsAvgL5, f.PointsAvgL10, f.PointsAvgSeason, f.PointsStdL10,
-		float64(f.GamesPlayed), float64(f.GamesLast7Days), f.FatigueScore, f.PaintShare, f.MidShare,
-		f.ThreeShare, f.FTShare, f.ShotZoneMismatch, f.OppDefRating, float64(f.OppTier),
-		f.PaceAdjustment, f.Usage, f.UsageSpike, b2f(f.Home), b2f(f.BackToBack), float64(f.RestDays))
+// Inputs are the features a model may use, by name.
+var Inputs = map[string]func(*systems.Features) float64{
+	"points_avg_last_5":        func(f *systems.Features) float64 { return f.PointsAvgL5 },
+	"points_avg_last_10":       func(f *systems.Features) float64 { return f.PointsAvgL10 },
+	"points_avg_season":        func(f *systems.Features) float64 { return f.PointsAvgSeason },
+	"points_std_last_10":       func(f *systems.Features) float64 { return f.PointsStdL10 },
+	"games_played":             func(f *systems.Features) float64 { return float64(f.GamesPlayed) },
+	"games_in_last_7_days":     func(f *systems.Features) float64 { return float64(f.GamesLast7Days) },
+	"fatigue_score":            func(f *systems.Features) float64 { return f.FatigueScore },
+	"paint_share":              func(f *systems.Features) float64 { return f.PaintShare },
+	"mid_share":                func(f *systems.Features) float64 { return f.MidShare },
+	"three_share":              func(f *systems.Features) float64 { return f.ThreeShare },
+	"ft_share":                 func(f *systems.Features) float64 { return f.FTShare },
+	"shot_zone_mismatch":       func(f *systems.Features) float64 { return f.ShotZoneMismatch },
+	"opponent_def_rating":      func(f *systems.Features) float64 { return f.OppDefRating },
+	"opponent_tier":            func(f *systems.Features) float64 { return float64(f.OppTier) },
+	"pace":                     func(f *systems.Features) float64 { return f.Pace },
+	"pace_adjustment":          func(f *systems.Features) float64 { return f.PaceAdjustment },
+	"usage_rate":               func(f *systems.Features) float64 { return f.Usage },
+	"usage_spike":              func(f *systems.Features) float64 { return f.UsageSpike },
+	"home":                     func(f *systems.Features) float64 { return b2f(f.Home) },
+	"back_to_back":             func(f *systems.Features) float64 { return b2f(f.BackToBack) },
+	"rest_days":                func(f *systems.Features) float64 { return float64(f.RestDays) },
+	"minutes_avg_last_5":       func(f *systems.Features) float64 { return f.MinutesAvgL5 },
+	"minutes_avg_season":       func(f *systems.Features) float64 { return f.MinutesAvgSeason },
+	"points_per_minute_last_5": func(f *systems.Features) float64 { return f.PointsPerMinL5 },
+	"points_per_minute_season": func(f *systems.Features) float64 { return f.PointsPerMinSeason },
+	"teammates_out_points":     func(f *systems.Features) float64 { return f.TeammatesOut },
+	"form": func(f *systems.Features) float64 {
+		return map[string]float64{"hot": 1, "cold": -1}[f.Form]
+	},
+}
+
+// VectorOf writes f's inputs named by names, in that order, into x.
+func VectorOf(names []string, f *systems.Features, x []float64) []float64 {
+	x = x[:0]
+	for _, n := range names {
+		x = append(x, Inputs[n](f))
+	}
 	return x
 }
+
+// Vector writes f's inputs of feature set v1 into x.
+func Vector(f *systems.Features, x []float64) []float64 { return VectorOf(FeatureNames, f, x) }
 
 //go:embed model/xgboost_v1.txt
 var bundled []byte
@@ -63,24 +109,58 @@ func Bundled() []byte { return bundled }
 // System implements systems.System over a loaded ensemble.
 type System struct {
 	model   *leaves.Ensemble
+	names   []string
 	version string
 }
 
 // Load reads a LightGBM text model from r (a file, a bucket object, the
-// bundled bytes: the loader does not care) and checks it fits the contract.
+// bundled bytes: the loader does not care) and checks that it is a
+// regression over inputs this package knows.
 func Load(r io.Reader, version string) (*System, error) {
-	m, err := leaves.LGEnsembleFromReader(bufio.NewReader(r), false)
+	raw, err := io.ReadAll(r)
 	if err != nil {
 		return nil, fmt.Errorf("xgboost_v1 model: %w", err)
 	}
-	if m.NFeatures() != len(FeatureNames) {
-		return nil, fmt.Errorf("xgboost_v1 model: %d features, the contract has %d", m.NFeatures(), len(FeatureNames))
+	m, err := leaves.LGEnsembleFromReader(bufio.NewReader(bytes.NewReader(raw)), false)
+	if err != nil {
+		return nil, fmt.Errorf("xgboost_v1 model: %w", err)
+	}
+	names, err := featureNames(raw)
+	if err != nil {
+		return nil, err
+	}
+	if m.NFeatures() != len(names) {
+		return nil, fmt.Errorf("xgboost_v1 model: %d features, %d names", m.NFeatures(), len(names))
 	}
 	if m.NOutputGroups() != 1 {
 		return nil, fmt.Errorf("xgboost_v1 model: %d outputs, want 1 (regression)", m.NOutputGroups())
 	}
-	return &System{model: m, version: version}, nil
+	return &System{model: m, names: names, version: version}, nil
 }
+
+// featureNames reads the model's feature_names= line; every name must be
+// one of Inputs.
+func featureNames(raw []byte) ([]string, error) {
+	for line := range bytes.Lines(raw) {
+		if v, ok := bytes.CutPrefix(bytes.TrimRight(line, "\r\n"), []byte("feature_names=")); ok {
+			names := strings.Fields(string(v))
+			for _, n := range names {
+				if Inputs[n] == nil {
+					return nil, fmt.Errorf("xgboost_v1 model: unknown input %q (known: %s)", n,
+						strings.Join(slices.Sorted(maps.Keys(Inputs)), ", "))
+				}
+			}
+			return names, nil
+		}
+		if bytes.HasPrefix(line, []byte("Tree=")) {
+			break
+		}
+	}
+	return nil, fmt.Errorf("xgboost_v1 model: no feature_names line")
+}
+
+// Inputs returns the names of the model's inputs, in order.
+func (s *System) Inputs() []string { return slices.Clone(s.names) }
 
 // LoadBundled loads the shipped model.
 func LoadBundled() (*System, error) { return Load(bytes.NewReader(bundled), "xgboost_v1-bundled") }
@@ -101,8 +181,8 @@ func (s *System) Predict(ctx context.Context, f *systems.Features) (systems.Esti
 	if err := ctx.Err(); err != nil {
 		return systems.Estimate{}, err
 	}
-	var buf [20]float64
-	x := Vector(f, buf[:0])
+	var buf [32]float64
+	x := VectorOf(s.names, f, buf[:0])
 	for _, v := range x {
 		if math.IsNaN(v) || math.IsInf(v, 0) {
 			return systems.Estimate{}, fmt.Errorf("non-finite model input: %w", systems.ErrInsufficientData)

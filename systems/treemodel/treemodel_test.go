@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"math"
+	"slices"
 	"strings"
 	"testing"
 
@@ -50,14 +51,14 @@ func TestBundledModelIsReproducibleAndFaithful(t *testing.T) {
 }
 
 // A hand-made model: one split, points_avg_last_5 <= 10 → 8, else 20.
-const tiny = `tree
+var tiny = `tree
 version=v3
 num_class=1
 num_tree_per_iteration=1
 label_index=0
 max_feature_idx=19
 objective=regression
-feature_names=` + "a b c d e f g h i j k l m n o p q r s t" + `
+feature_names=` + strings.Join(treemodel.FeatureNames, " ") + `
 feature_infos=none none none none none none none none none none none none none none none none none none none none
 tree_sizes=1
 
@@ -98,6 +99,30 @@ func TestWorkedExamples(t *testing.T) {
 	})
 }
 
+// A model reads its inputs by the names in its file, in its order.
+func TestInputsByName(t *testing.T) {
+	t.Parallel()
+	// One split on the model's first input, which is minutes_avg_season.
+	names := append([]string{"minutes_avg_season"}, treemodel.FeatureNames...)
+	body := strings.Replace(strings.Replace(tiny, strings.Join(treemodel.FeatureNames, " "), strings.Join(names, " "), 1),
+		"max_feature_idx=19", "max_feature_idx=20", 1)
+	s, err := treemodel.Load(strings.NewReader(body), "by-name")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		f    systems.Features
+		want float64
+	}{{systems.Features{MinutesAvgSeason: 34, PointsAvgL5: 5}, 20}, {systems.Features{MinutesAvgSeason: 8, PointsAvgL5: 30}, 8}} {
+		if e, err := s.Predict(t.Context(), &c.f); err != nil || e.Points != c.want {
+			t.Errorf("minutes %g, L5 %g: %v %v, want %g", c.f.MinutesAvgSeason, c.f.PointsAvgL5, e.Points, err, c.want)
+		}
+	}
+	if got := s.Inputs(); !slices.Equal(got, names) {
+		t.Errorf("inputs %v", got)
+	}
+}
+
 func TestBounds(t *testing.T) {
 	t.Parallel()
 	s, err := treemodel.LoadBundled()
@@ -115,6 +140,9 @@ func TestBadModelFiles(t *testing.T) {
 		"truncated":     tiny[:len(tiny)/2],
 		"wrong version": strings.Replace(tiny, "version=v3", "version=v9", 1),
 		"wrong width":   strings.Replace(tiny, "max_feature_idx=19", "max_feature_idx=4", 1),
+		"unknown input": strings.Replace(tiny, "points_avg_last_5 ", "points_tomorrow ", 1),
+		"fewer names":   strings.Replace(tiny, " rest_days\n", "\n", 1),
+		"no names":      strings.Replace(tiny, "feature_names=", "feature_nicknames=", 1),
 	} {
 		if _, err := treemodel.Load(strings.NewReader(body), name); err == nil {
 			t.Errorf("%s model loaded", name)

@@ -1,0 +1,282 @@
+// Package evaluate scores prediction rows against real outcomes and lines:
+// per system the error (MAE, RMSE, bias), the coverage, the fallbacks, and
+// against the lines the side hit rate and the return of the calls at the
+// listed odds and at -110; beside them the baselines every system must beat
+// (the season average of earlier games, and the line itself).
+//
+// Only player-games with at least MinGames earlier games that season are
+// scored, the same rows for every system and baseline.
+package evaluate
+
+import (
+	"cmp"
+	"math"
+	"slices"
+	"strings"
+
+	"github.com/predworker/predworker/systems"
+)
+
+// MinGames is the fewest earlier games that season a player-game needs to
+// be scored.
+const MinGames = 5
+
+// Line is a points line and its prices (American odds).
+type Line struct {
+	Line, OverOdds, UnderOdds float64
+}
+
+// Outcomes is what the scorer needs to know about the real games.
+type Outcomes interface {
+	// Actual is the points a player scored on date, if he played.
+	Actual(player, date string) (float64, bool)
+	// SeasonAverage is his points per game before date that season, and
+	// over how many games.
+	SeasonAverage(player, date string) (float64, int)
+	// Line is the line of his game on date, if there is one.
+	Line(player, date string) (Line, bool)
+}
+
+// stats accumulates errors.
+type stats struct {
+	n                  int
+	abs, sq, signed    float64
+	byMonth            map[string]*[2]float64 // month → Σ|err|, n
+	lined              int
+	linedAbs           float64
+	sides, sideHits    int
+	calls, hits        int
+	ret, ret110        float64
+	fallbacks, covered int
+	calib              [10][2]int // confidence decile → sides, hits
+}
+
+func newStats() *stats { return &stats{byMonth: map[string]*[2]float64{}} }
+
+func (s *stats) addError(month string, pred, actual float64) {
+	e := pred - actual
+	s.n++
+	s.abs += math.Abs(e)
+	s.sq += e * e
+	s.signed += e
+	m := s.byMonth[month]
+	if m == nil {
+		m = &[2]float64{}
+		s.byMonth[month] = m
+	}
+	m[0] += math.Abs(e)
+	m[1]++
+}
+
+// payout is the profit of a one-unit winning bet at American odds.
+func payout(odds float64) float64 {
+	if odds >= 100 {
+		return odds / 100
+	}
+	return 100 / -odds
+}
+
+// Scorer accumulates rows.
+type Scorer struct {
+	o         Outcomes
+	sys       map[string]*stats
+	baselines map[string]*stats
+	eligible  int
+	seen      map[[2]string]bool
+}
+
+// NewScorer returns an empty scorer over o.
+func NewScorer(o Outcomes) *Scorer {
+	return &Scorer{o: o, sys: map[string]*stats{}, baselines: map[string]*stats{"season_average": newStats(), "line": newStats()},
+		seen: map[[2]string]bool{}}
+}
+
+// Eligible reports whether a player-game is scored, and its actual points.
+func (s *Scorer) eligible1(player, date string) (float64, bool) {
+	actual, ok := s.o.Actual(player, date)
+	if !ok {
+		return 0, false
+	}
+	if _, n := s.o.SeasonAverage(player, date); n < MinGames {
+		return 0, false
+	}
+	return actual, true
+}
+
+// AddGame counts a player-game for the baselines and the coverage; call it
+// once for every player of every scored slate.
+func (s *Scorer) AddGame(player, date string) {
+	key := [2]string{player, date}
+	actual, ok := s.eligible1(player, date)
+	if !ok || s.seen[key] {
+		return
+	}
+	s.seen[key] = true
+	s.eligible++
+	avg, _ := s.o.SeasonAverage(player, date)
+	month := date[:7]
+	s.baselines["season_average"].addError(month, avg, actual)
+	if l, ok := s.o.Line(player, date); ok {
+		b := s.baselines["season_average"]
+		b.lined++
+		b.linedAbs += math.Abs(avg - actual)
+		lb := s.baselines["line"]
+		lb.addError(month, l.Line, actual)
+		lb.lined++
+		lb.linedAbs += math.Abs(l.Line - actual)
+	}
+}
+
+// Add scores one prediction row.
+func (s *Scorer) Add(p *systems.Prediction) {
+	actual, ok := s.eligible1(p.PlayerLookup, p.GameDate)
+	if !ok || p.Failed {
+		return
+	}
+	st := s.sys[p.SystemID]
+	if st == nil {
+		st = newStats()
+		s.sys[p.SystemID] = st
+	}
+	st.covered++
+	if p.Fallback {
+		st.fallbacks++
+	}
+	st.addError(p.GameDate[:7], p.PredictedPoints, actual)
+	l, ok := s.o.Line(p.PlayerLookup, p.GameDate)
+	if !ok {
+		return
+	}
+	st.lined++
+	st.linedAbs += math.Abs(p.PredictedPoints - actual)
+	if actual == l.Line || p.PredictedPoints == l.Line {
+		return // a push, or no side
+	}
+	over := p.PredictedPoints > l.Line
+	won := over == (actual > l.Line)
+	st.sides++
+	if won {
+		st.sideHits++
+	}
+	d := min(9, max(0, int(p.Confidence/10)))
+	st.calib[d][0]++
+	if won {
+		st.calib[d][1]++
+	}
+	if p.Recommendation != systems.Over && p.Recommendation != systems.Under {
+		return
+	}
+	odds := l.UnderOdds
+	if p.Recommendation == systems.Over {
+		odds = l.OverOdds
+	}
+	called := (p.Recommendation == systems.Over) == (actual > l.Line)
+	st.calls++
+	if called {
+		st.hits++
+		st.ret += payout(odds)
+		st.ret110 += payout(-110)
+	} else {
+		st.ret--
+		st.ret110--
+	}
+}
+
+// Score is one system's or baseline's result. Fields that do not apply are
+// absent from the JSON (a baseline has no calls).
+type Score struct {
+	Name      string  `json:"-"`
+	SystemID  string  `json:"system_id,omitempty"`
+	Baseline  string  `json:"name,omitempty"`
+	N         int     `json:"n"`
+	MAE       float64 `json:"mae"`
+	RMSE      float64 `json:"rmse"`
+	Bias      float64 `json:"bias"`
+	Coverage  float64 `json:"coverage"`
+	Fallbacks int     `json:"fallbacks"`
+	// On the games with a line.
+	LinedN   int      `json:"lined_n"`
+	LinedMAE float64  `json:"lined_mae"`
+	Sides    int      `json:"sides,omitempty"`    // lined games where it took a side
+	HitRate  *float64 `json:"hit_rate,omitempty"` // share of those sides that won
+	Calls    int      `json:"calls,omitempty"`    // OVER/UNDER recommendations
+	CallHits *float64 `json:"call_hit_rate,omitempty"`
+	// Return per unit staked on the calls, at the listed odds and at -110.
+	ROI    *float64 `json:"roi,omitempty"`
+	ROI110 *float64 `json:"roi_at_minus_110,omitempty"`
+	// MonthMAE is the error by month (YYYY-MM).
+	MonthMAE map[string]float64 `json:"month_mae"`
+	// Calibration: per confidence decile (0-10, …, 90-100), sides and wins.
+	Calibration []Bin `json:"calibration,omitempty"`
+}
+
+// Bin is one confidence decile.
+type Bin struct {
+	From    float64 `json:"from"`
+	Sides   int     `json:"sides"`
+	HitRate float64 `json:"hit_rate"`
+}
+
+func ptr(v float64) *float64 { return &v }
+
+func (st *stats) score(name string, eligible int) Score {
+	sc := Score{Name: name, N: st.n, Fallbacks: st.fallbacks, LinedN: st.lined, Sides: st.sides, Calls: st.calls,
+		MonthMAE: map[string]float64{}}
+	if st.n > 0 {
+		sc.MAE, sc.RMSE, sc.Bias = st.abs/float64(st.n), math.Sqrt(st.sq/float64(st.n)), st.signed/float64(st.n)
+	}
+	if eligible > 0 {
+		sc.Coverage = float64(st.n) / float64(eligible)
+	}
+	if st.lined > 0 {
+		sc.LinedMAE = st.linedAbs / float64(st.lined)
+	}
+	if st.sides > 0 {
+		sc.HitRate = ptr(float64(st.sideHits) / float64(st.sides))
+	}
+	if st.calls > 0 {
+		sc.CallHits = ptr(float64(st.hits) / float64(st.calls))
+		sc.ROI, sc.ROI110 = ptr(st.ret/float64(st.calls)), ptr(st.ret110/float64(st.calls))
+	}
+	for m, v := range st.byMonth {
+		sc.MonthMAE[m] = v[0] / v[1]
+	}
+	for d, c := range st.calib {
+		if c[0] > 0 {
+			sc.Calibration = append(sc.Calibration, Bin{From: float64(10 * d), Sides: c[0], HitRate: float64(c[1]) / float64(c[0])})
+		}
+	}
+	return sc
+}
+
+// Report is the whole result.
+type Report struct {
+	From      string  `json:"from"`
+	To        string  `json:"to"`
+	Eligible  int     `json:"player_games"`
+	Systems   []Score `json:"systems"`
+	Baselines []Score `json:"baselines"`
+}
+
+// Report returns the scores: systems by MAE, then the baselines.
+func (s *Scorer) Report(from, to string) Report {
+	r := Report{From: from, To: to, Eligible: s.eligible}
+	for id, st := range s.sys {
+		sc := st.score(id, s.eligible)
+		sc.SystemID = id
+		r.Systems = append(r.Systems, sc)
+	}
+	slices.SortFunc(r.Systems, func(a, b Score) int {
+		return cmp.Or(cmp.Compare(a.MAE, b.MAE), strings.Compare(a.Name, b.Name))
+	})
+	for _, name := range []string{"season_average", "line"} {
+		sc := s.baselines[name].score(name, s.eligible)
+		sc.Baseline = name
+		sc.Coverage = 0
+		if name == "season_average" {
+			sc.Coverage = 1
+		}
+		r.Baselines = append(r.Baselines, sc)
+	}
+	return r
+}
