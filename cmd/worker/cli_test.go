@@ -13,6 +13,7 @@ import (
 	"github.com/predworker/predworker/internal/nbadata"
 	"github.com/predworker/predworker/state"
 	statesqlite "github.com/predworker/predworker/state/sqlite"
+	"github.com/predworker/predworker/systems"
 	"github.com/predworker/predworker/systems/evaluate"
 	"github.com/predworker/predworker/worker"
 )
@@ -120,9 +121,14 @@ func TestScoreGames(t *testing.T) {
 	t.Setenv("LOG_LEVEL", "error")
 	plot := filepath.Join(t.TempDir(), "score.svg")
 	args := []string{"score", "--games", data.Games, "--lines", data.Lines, "--from", "2024-12-01", "--to", "2024-12-07", "--json"}
-	out, err := cli(t, append(args, "--plot", plot)...)
+	calPath := filepath.Join(t.TempDir(), "cal.json")
+	out, err := cli(t, append(args, "--plot", plot, "--calibration-out", calPath)...)
 	if err != nil {
 		t.Fatal(err)
+	}
+	cal, err := systems.ReadCalibration(calPath)
+	if err != nil || len(cal.Systems) != 5 {
+		t.Fatalf("calibration written: %v", err)
 	}
 	var r evaluate.Report
 	if err := json.Unmarshal([]byte(out), &r); err != nil {

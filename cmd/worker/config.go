@@ -51,6 +51,10 @@ type Config struct {
 	// optional file of points lines, CSV or gzipped CSV.
 	GamelogPath string `env:"GAMELOG_PATH"`
 	LinesPath   string `env:"LINES_PATH"`
+	// CalibrationPath: a calibration file (worker score --calibration-out):
+	// on rows with a line, confidence becomes the calibrated probability
+	// of the side and only sides above the break-even are recommended.
+	CalibrationPath string `env:"CALIBRATION_PATH"`
 	// BigQuery feature table (FEATURE_SOURCE=bigquery); the project defaults
 	// to GOOGLE_CLOUD_PROJECT.
 	FeaturesProject string        `env:"BIGQUERY_FEATURES_PROJECT"`

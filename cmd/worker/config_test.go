@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"github.com/sethvargo/go-envconfig"
 
 	"github.com/predworker/predworker/systems"
+	"github.com/predworker/predworker/systems/movingavg"
 	"github.com/predworker/predworker/worker"
 )
 
@@ -219,5 +221,43 @@ func TestConfigLogsResolvedValuesInHumanUnits(t *testing.T) {
 	}
 	if strings.Contains(line, `"concurrency":0`) || strings.Contains(line, "30000000000") {
 		t.Errorf("config line shows unresolved values or nanoseconds: %s", line)
+	}
+}
+
+// CALIBRATION_PATH: every system's confidence on a lined row becomes the
+// calibrated probability of its side; a bad file stops startup.
+func TestCalibrationPath(t *testing.T) {
+	c := systems.NewCalibration()
+	for i := range 100 {
+		c.Add(movingavg.ID, 3, i < 70)
+	}
+	var buf strings.Builder
+	if err := c.Write(&buf); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "cal.json")
+	if err := os.WriteFile(path, []byte(buf.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := LoadConfig(t.Context(), envconfig.MapLookuper(map[string]string{"CALIBRATION_PATH": path, "SYSTEMS": "moving_average"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := newRegistry(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, _ := r.Get(movingavg.ID)
+	f := &systems.Features{PointsAvgL5: 24, PointsAvgL10: 24, PointsAvgSeason: 24, GamesPlayed: 20, Home: true,
+		HasLine: true, Line: 21}
+	e, err := s.Predict(t.Context(), f)
+	if err != nil || e.Confidence != math.Round(1000*c.Prob(movingavg.ID, e.Points-21))/10 || e.Recommendation != systems.Over {
+		t.Fatalf("calibrated estimate %+v, %v", e, err)
+	}
+	if err := os.WriteFile(path, []byte("{"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := newRegistry(cfg); err == nil || !strings.Contains(err.Error(), "CALIBRATION_PATH") {
+		t.Fatalf("a bad calibration file: %v", err)
 	}
 }

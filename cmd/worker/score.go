@@ -29,6 +29,7 @@ func scoreCommand(ctx context.Context, cfg *Config, args []string, stdout, stder
 	lines := fs.String("lines", "", "with --games: a file of points lines")
 	asJSON := fs.Bool("json", false, "with --games: print one JSON object")
 	plotTo := fs.String("plot", "", "with --games: draw the error by month and the calibration into this SVG file")
+	calOut := fs.String("calibration-out", "", "with --games and --lines: write the calibration fitted on the range (for CALIBRATION_PATH)")
 	if err := fs.Parse(args); err != nil {
 		return usageError{err.Error()}
 	}
@@ -39,11 +40,14 @@ func scoreCommand(ctx context.Context, cfg *Config, args []string, stdout, stder
 		if *batchID != "" || *from == "" || *to == "" {
 			return usageError{"score: --games needs --from DATE --to DATE (and no --batch-id)"}
 		}
-		return scoreGames(ctx, cfg, scoreRequest{games: *games, lines: *lines, from: *from, to: *to, json: *asJSON, plot: *plotTo},
-			stdout, stderr)
+		if *calOut != "" && *lines == "" {
+			return usageError{"score: --calibration-out needs --lines"}
+		}
+		return scoreGames(ctx, cfg, scoreRequest{games: *games, lines: *lines, from: *from, to: *to, json: *asJSON, plot: *plotTo,
+			calibrationOut: *calOut}, stdout, stderr)
 	}
-	if *lines != "" || *asJSON || *plotTo != "" {
-		return usageError{"score: --lines, --json and --plot go with --games"}
+	if *lines != "" || *asJSON || *plotTo != "" || *calOut != "" {
+		return usageError{"score: --lines, --json, --plot and --calibration-out go with --games"}
 	}
 	if (*batchID == "") == (*from == "") {
 		return usageError{"score: give either --batch-id ID or --from DATE --to DATE"}

@@ -21,7 +21,7 @@ import (
 type scoreRequest struct {
 	games, lines, from, to string
 	json                   bool
-	plot                   string
+	plot, calibrationOut   string
 }
 
 // outcomes adapts a game-log source to the scorer.
@@ -97,6 +97,11 @@ func scoreGames(ctx context.Context, cfg *Config, req scoreRequest, stdout, stde
 			return fmt.Errorf("--plot: %w", err)
 		}
 	}
+	if req.calibrationOut != "" {
+		if err := writeCalibration(req.calibrationOut, sc.Calibration()); err != nil {
+			return fmt.Errorf("--calibration-out: %w", err)
+		}
+	}
 	if req.json {
 		return evaluate.WriteJSON(stdout, report)
 	}
@@ -115,5 +120,15 @@ func scoreDate(ctx context.Context, engine *worker.Engine, src *gamelogs.Source,
 	for _, p := range b.Items {
 		sc.AddGame(p, date)
 	}
-	return sink.ReadPredictions(ctx, b.ID, func(p *systems.Prediction) error { sc.Add(p); return nil })
+	err = sink.ReadPredictions(ctx, b.ID, func(p *systems.Prediction) error { sc.Add(p); return nil })
+	sc.EndDate()
+	return err
+}
+
+func writeCalibration(path string, c *systems.Calibration) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	return errors.Join(c.Write(f), f.Close())
 }

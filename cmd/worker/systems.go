@@ -37,6 +37,12 @@ func newRegistry(cfg *Config) (*systems.Registry, error) {
 	if err != nil {
 		return nil, err
 	}
+	var cal *systems.Calibration
+	if cfg.CalibrationPath != "" {
+		if cal, err = systems.ReadCalibration(cfg.CalibrationPath); err != nil {
+			return nil, fmt.Errorf("CALIBRATION_PATH: %w", err)
+		}
+	}
 	r := systems.NewRegistry()
 	for _, id := range enabled {
 		var s systems.System
@@ -62,6 +68,9 @@ func newRegistry(cfg *Config) (*systems.Registry, error) {
 		}
 		if th, ok := cfg.SystemThresholds[id]; ok {
 			s = systems.WithThresholds(s, th.Edge, th.Confidence)
+		}
+		if cal != nil {
+			s = systems.WithCalibration(s, cal)
 		}
 		r.Register(s, cfg.SystemFallbacks[id]) // fallbacks of systems not enabled are ignored
 	}

@@ -48,7 +48,12 @@ type stats struct {
 	calls, hits        int
 	ret, ret110        float64
 	fallbacks, covered int
-	calib              [10][2]int // confidence decile → sides, hits
+	calib              [10][2]int // raw confidence decile → sides, hits
+	// Walk-forward calibrated: each date's sides judged by the calibration
+	// fitted on the dates before it.
+	calCalib          [10][2]int
+	calCalls, calHits int
+	calRet, calRet110 float64
 }
 
 func newStats() *stats { return &stats{byMonth: map[string]*[2]float64{}} }
@@ -76,20 +81,40 @@ func payout(odds float64) float64 {
 	return 100 / -odds
 }
 
-// Scorer accumulates rows.
+// Scorer accumulates rows, date after date.
 type Scorer struct {
 	o         Outcomes
 	sys       map[string]*stats
 	baselines map[string]*stats
 	eligible  int
 	seen      map[[2]string]bool
+	cal       *systems.Calibration // fitted on the dates already ended
+	pending   []side
+}
+
+type side struct {
+	system string
+	edge   float64
+	won    bool
 }
 
 // NewScorer returns an empty scorer over o.
 func NewScorer(o Outcomes) *Scorer {
 	return &Scorer{o: o, sys: map[string]*stats{}, baselines: map[string]*stats{"season_average": newStats(), "line": newStats()},
-		seen: map[[2]string]bool{}}
+		seen: map[[2]string]bool{}, cal: systems.NewCalibration()}
 }
+
+// EndDate folds the sides of the date just scored into the calibration the
+// next dates are judged by. Dates must be scored in order.
+func (s *Scorer) EndDate() {
+	for _, sd := range s.pending {
+		s.cal.Add(sd.system, sd.edge, sd.won)
+	}
+	s.pending = s.pending[:0]
+}
+
+// Calibration is the calibration fitted on every date ended so far.
+func (s *Scorer) Calibration() *systems.Calibration { return s.cal }
 
 // Eligible reports whether a player-game is scored, and its actual points.
 func (s *Scorer) eligible1(player, date string) (float64, bool) {
@@ -163,6 +188,9 @@ func (s *Scorer) Add(p *systems.Prediction) {
 	if won {
 		st.calib[d][1]++
 	}
+	edge := p.PredictedPoints - l.Line
+	st.calibrated(s.cal.Prob(p.SystemID, edge), s.cal.BreakEven, won, l, edge > 0)
+	s.pending = append(s.pending, side{p.SystemID, edge, won})
 	if p.Recommendation != systems.Over && p.Recommendation != systems.Under {
 		return
 	}
@@ -179,6 +207,32 @@ func (s *Scorer) Add(p *systems.Prediction) {
 	} else {
 		st.ret--
 		st.ret110--
+	}
+}
+
+// calibrated counts a side judged at probability prob: its decile, and a
+// call when prob beats breakEven.
+func (st *stats) calibrated(prob, breakEven float64, won bool, l Line, over bool) {
+	d := min(9, max(0, int(prob*10)))
+	st.calCalib[d][0]++
+	if won {
+		st.calCalib[d][1]++
+	}
+	if prob <= breakEven {
+		return
+	}
+	odds := l.UnderOdds
+	if over {
+		odds = l.OverOdds
+	}
+	st.calCalls++
+	if won {
+		st.calHits++
+		st.calRet += payout(odds)
+		st.calRet110 += payout(-110)
+	} else {
+		st.calRet--
+		st.calRet110--
 	}
 }
 
@@ -206,8 +260,17 @@ type Score struct {
 	ROI110 *float64 `json:"roi_at_minus_110,omitempty"`
 	// MonthMAE is the error by month (YYYY-MM).
 	MonthMAE map[string]float64 `json:"month_mae"`
-	// Calibration: per confidence decile (0-10, …, 90-100), sides and wins.
-	Calibration []Bin `json:"calibration,omitempty"`
+	// RawCalibration: per decile of the system's own confidence (0-10, …,
+	// 90-100), its sides and the share that won.
+	RawCalibration []Bin `json:"raw_calibration,omitempty"`
+	// Calibration: the same per decile of the walk-forward calibrated
+	// confidence (each date judged by the history before it), and the
+	// calls it makes (sides above the break-even).
+	Calibration       []Bin    `json:"calibration,omitempty"`
+	CalibratedCalls   int      `json:"calibrated_calls,omitempty"`
+	CalibratedHitRate *float64 `json:"calibrated_call_hit_rate,omitempty"`
+	CalibratedROI     *float64 `json:"calibrated_roi,omitempty"`
+	CalibratedROI110  *float64 `json:"calibrated_roi_at_minus_110,omitempty"`
 }
 
 // Bin is one confidence decile.
@@ -241,12 +304,23 @@ func (st *stats) score(name string, eligible int) Score {
 	for m, v := range st.byMonth {
 		sc.MonthMAE[m] = v[0] / v[1]
 	}
-	for d, c := range st.calib {
-		if c[0] > 0 {
-			sc.Calibration = append(sc.Calibration, Bin{From: float64(10 * d), Sides: c[0], HitRate: float64(c[1]) / float64(c[0])})
-		}
+	sc.RawCalibration, sc.Calibration = bins(st.calib), bins(st.calCalib)
+	sc.CalibratedCalls = st.calCalls
+	if st.calCalls > 0 {
+		sc.CalibratedHitRate = ptr(float64(st.calHits) / float64(st.calCalls))
+		sc.CalibratedROI, sc.CalibratedROI110 = ptr(st.calRet/float64(st.calCalls)), ptr(st.calRet110/float64(st.calCalls))
 	}
 	return sc
+}
+
+func bins(c [10][2]int) []Bin {
+	var out []Bin
+	for d, n := range c {
+		if n[0] > 0 {
+			out = append(out, Bin{From: float64(10 * d), Sides: n[0], HitRate: float64(n[1]) / float64(n[0])})
+		}
+	}
+	return out
 }
 
 // Report is the whole result.

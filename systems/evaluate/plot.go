@@ -34,8 +34,8 @@ func WritePlot(path string, r Report) error {
 	byMonth.NominalX(order...)
 	byMonth.Legend.Top = true
 	calib := plot.New()
-	calib.Title.Text = "Calibration against the lines"
-	calib.X.Label.Text = "confidence (decile midpoint, %)"
+	calib.Title.Text = "Calibrated confidence against the lines (walk-forward)"
+	calib.X.Label.Text = "calibrated confidence (decile midpoint, %)"
 	calib.Y.Label.Text = "sides that won (%)"
 	calib.X.Min, calib.X.Max, calib.Y.Min, calib.Y.Max = 0, 100, 0, 100
 	calib.Legend.Top = true
