@@ -31,12 +31,12 @@ func subset(t *testing.T, games, fromSeason, cut string) string {
 func TestRealModelIsWalkForwardAndDeterministic(t *testing.T) {
 	data := nbadata.Require(t)
 	const until = "2023-12-01"
-	long := subset(t, data.Games, "2021-22", "2024-03-01")
-	short := subset(t, data.Games, "2021-22", until)
+	long := subset(t, data.Games, "2022-23", "2024-03-01")
+	short := subset(t, data.Games, "2022-23", until)
 	dir := t.TempDir()
 	var models [][]byte
-	for i, games := range []string{long, short, long} {
-		out := filepath.Join(dir, []string{"a.txt", "b.txt", "c.txt"}[i])
+	for i, games := range []string{long, short} {
+		out := filepath.Join(dir, []string{"a.txt", "b.txt"}[i])
 		var stdout bytes.Buffer
 		if err := run([]string{"--games", games, "--until", until, "--out", out, "--trees", "30", "--depth", "3"}, &stdout); err != nil {
 			t.Fatal(err)
@@ -50,11 +50,10 @@ func TestRealModelIsWalkForwardAndDeterministic(t *testing.T) {
 		}
 		models = append(models, b)
 	}
+	// Two separate fits agreeing byte for byte also shows the fit is
+	// deterministic.
 	if !bytes.Equal(models[0], models[1]) {
-		t.Fatal("the model depends on games on or after --until")
-	}
-	if !bytes.Equal(models[0], models[2]) {
-		t.Fatal("two fits of the same data differ")
+		t.Fatal("the model depends on games on or after --until, or two fits of the same games differ")
 	}
 	m, err := treemodel.Load(bytes.NewReader(models[0]), "test")
 	if err != nil {
