@@ -47,6 +47,14 @@ type Server struct {
 	writeTimeout time.Duration
 	checks       []Check
 	tracer       trace.Tracer
+	routes       []Route
+}
+
+// Route is an extra endpoint (a pipeline profile's trigger), served behind
+// the operator authentication like /v1.
+type Route struct {
+	Method, Path string
+	Handler      http.HandlerFunc
 }
 
 // Options configures New.
@@ -77,6 +85,8 @@ type Options struct {
 	Checks []Check
 	// Tracer provides the requests' spans (trace.go). nil: none recorded.
 	Tracer trace.TracerProvider
+	// Routes are extra operator endpoints (PROFILE=phase5: /start, /status).
+	Routes []Route
 	// WriteTimeout bounds writing an answer (HTTP_WRITE_TIMEOUT; zero:
 	// DefaultWriteTimeout). A push gets its budget on top; a predictions
 	// stream gets it afresh for every page.
@@ -115,7 +125,7 @@ func New(o Options) *Server {
 	return &Server{runner: o.Runner, store: o.Store, predictions: o.Predictions,
 		metrics: o.Metrics, log: o.Logger, project: o.Project, deadLetters: o.DeadLetters,
 		pushBudget: o.PushBudget, maxAttempts: o.MaxAttempts, auth: o.Auth, continuer: o.Continuer,
-		writeTimeout: o.WriteTimeout, checks: o.Checks, tracer: o.Tracer.Tracer(TracerName)}
+		writeTimeout: o.WriteTimeout, checks: o.Checks, tracer: o.Tracer.Tracer(TracerName), routes: o.Routes}
 }
 
 // Handler returns the router.
@@ -150,6 +160,14 @@ func (s *Server) Handler() http.Handler {
 	})
 	if s.deadLetters != nil {
 		r.With(s.requirePush).Post("/pubsub/push", s.push)
+	}
+	if len(s.routes) > 0 {
+		r.Group(func(r chi.Router) {
+			r.Use(s.requireOperator)
+			for _, rt := range s.routes {
+				r.Method(rt.Method, rt.Path, rt.Handler)
+			}
+		})
 	}
 	return r
 }

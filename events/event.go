@@ -23,6 +23,8 @@ type Event struct {
 	BatchID       string `json:"batch_id"`
 	GameDate      string `json:"game_date"`
 	CorrelationID string `json:"correlation_id,omitempty"`
+	RunMode       string `json:"prediction_run_mode,omitempty"`
+	DatasetPrefix string `json:"dataset_prefix,omitempty"`
 	TotalItems    int    `json:"total_items"`
 	DoneItems     int    `json:"done_items"`
 	Predictions   int    `json:"predictions"`

@@ -75,6 +75,13 @@ type Request struct {
 	Systems       []string `json:"systems,omitempty"`
 	ChunkSize     int      `json:"chunk_size"`
 	CorrelationID string   `json:"correlation_id,omitempty"`
+	// RunMode and DatasetPrefix are a pipeline profile's (PROFILE=phase5):
+	// the run's prediction_run_mode, stored on every row and in the
+	// completion message, and the prefix of the datasets it reads and
+	// writes. Part of the work: the same date in another mode is another
+	// batch.
+	RunMode       string `json:"prediction_run_mode,omitempty"`
+	DatasetPrefix string `json:"dataset_prefix,omitempty"`
 }
 
 // Fingerprint identifies the work a request asks for. Player and system order
@@ -187,7 +194,8 @@ func (b Batch) CompletionEvent(st Status, errMsg string, now time.Time) events.E
 	}
 	return events.Event{
 		ID: b.ID + ":" + typ + ":" + strconv.FormatInt(b.Lease.Epoch, 10), Type: typ, BatchID: b.ID,
-		GameDate: b.Request.GameDate, CorrelationID: b.Request.CorrelationID, TotalItems: b.ItemCount(),
+		GameDate: b.Request.GameDate, CorrelationID: b.Request.CorrelationID, RunMode: b.Request.RunMode,
+		DatasetPrefix: b.Request.DatasetPrefix, TotalItems: b.ItemCount(),
 		DoneItems: b.DoneItems, Predictions: b.Predictions, Fallbacks: b.Fallbacks, FailedItems: b.FailedItems,
 		Attempt: b.Attempt, DurationMS: now.Sub(b.CreatedAt).Milliseconds(), Error: errMsg, Warning: b.Warning(st),
 		At: now.UTC(),

@@ -23,6 +23,9 @@ import (
 var (
 	// ErrNoGames: no game is scheduled on the requested date.
 	ErrNoGames = errors.New("no games on that date")
+	// ErrNoPlayers: games are scheduled, but no player is eligible (every
+	// one gated out: injured, no features, below the quality floor).
+	ErrNoPlayers = errors.New("no eligible players on that date")
 	// ErrUnknownDate: the date is outside what the source covers.
 	ErrUnknownDate = errors.New("date outside the feature store's season")
 	// ErrDataIncomplete: the source has no features for the date yet (the

@@ -106,7 +106,7 @@ func Classify(err error) Class {
 		return c.ErrorClass()
 	}
 	switch {
-	case errors.Is(err, systems.ErrNoGames), errors.Is(err, systems.ErrUnknownDate):
+	case errors.Is(err, systems.ErrNoGames), errors.Is(err, systems.ErrUnknownDate), errors.Is(err, systems.ErrNoPlayers):
 		return ClassValidation
 	case errors.Is(err, state.ErrConflict):
 		return ClassConflict

@@ -103,7 +103,7 @@ func (e *Engine) Submit(ctx context.Context, id string, r state.Request) (state.
 	// refused here, not discovered as a batch of failure records.
 	slate, err := e.features.Slate(ctx, r.GameDate)
 	switch {
-	case errors.Is(err, systems.ErrNoGames), errors.Is(err, systems.ErrUnknownDate):
+	case errors.Is(err, systems.ErrNoGames), errors.Is(err, systems.ErrUnknownDate), errors.Is(err, systems.ErrNoPlayers):
 		return state.Batch{}, false, &InputError{Field: "game_date", Message: err.Error(), Err: err}
 	case err != nil:
 		return state.Batch{}, false, fmt.Errorf("load slate of %s: %w", r.GameDate, err)

@@ -33,6 +33,7 @@ import (
 	pspub "github.com/predworker/predworker/events/pubsub"
 	eventssqlite "github.com/predworker/predworker/events/sqlite"
 	"github.com/predworker/predworker/logging"
+	"github.com/predworker/predworker/profile/phase5"
 	"github.com/predworker/predworker/state"
 	statefirestore "github.com/predworker/predworker/state/firestore"
 	statesqlite "github.com/predworker/predworker/state/sqlite"
@@ -73,8 +74,9 @@ type app struct {
 	closers     []func() error // run in reverse order by Close
 	// checks verify every configured dependency (GET /v1/doctor, worker
 	// doctor).
-	checks []api.Check
-	tracer *tracing.Provider
+	checks   []api.Check
+	tracer   *tracing.Provider
+	features systems.FeatureSource
 }
 
 func (a *app) check(name string, run func(ctx context.Context) error) {
@@ -133,6 +135,7 @@ func newApp(ctx context.Context, cfg *Config, log *slog.Logger) (_ *app, err err
 	a.onClose(dead.Close)
 	a.deadLetters = dead
 	features, err := a.openFeatureSource(ctx, cfg)
+	a.features = features
 	if err != nil {
 		return nil, err
 	}
@@ -287,6 +290,9 @@ func (a *app) openPubSub(ctx context.Context, cfg *Config, dead events.DeadLette
 	a.onClose(client.Close)
 	if cfg.Events == "pubsub" {
 		pub := pspub.New(client, cfg.CompletionTopic, cfg.DeadLetterTopic)
+		if cfg.Profile == "phase5" {
+			pub.Format = pspub.FormatPhase5
+		}
 		a.onClose(func() error { pub.Stop(); return nil })
 		a.publisher = pub
 		a.deadLetters = pspub.DeadLetters{DeadLetters: dead, Pub: pub}
@@ -352,7 +358,8 @@ func serve(ctx context.Context, stopSignals func(), cfg *Config, log *slog.Logge
 		Handler: api.New(api.Options{Runner: a.runner, Store: a.store, Predictions: a.reader,
 			Metrics: promhttp.HandlerFor(a.registry, promhttp.HandlerOpts{}), Logger: log, Project: cfg.Project,
 			DeadLetters: a.deadLetters, PushBudget: cfg.PushBudget, MaxAttempts: cfg.MaxAttempts, Auth: auth,
-			Continuer: a.continuer, WriteTimeout: cfg.HTTPWriteTimeout, Checks: a.checks, Tracer: a.tracer}).Handler(),
+			Continuer: a.continuer, WriteTimeout: cfg.HTTPWriteTimeout, Checks: a.checks, Tracer: a.tracer,
+			Routes: a.profileRoutes(cfg, log)}).Handler(),
 		// A client that trickles its request, or never reads its answer,
 		// holds a connection for a bounded time. The write deadline is set
 		// per request by the api package (longer for a push's run).
@@ -403,4 +410,15 @@ func serve(ctx context.Context, stopSignals func(), cfg *Config, log *slog.Logge
 	}
 	log.Info("drain completed", logging.Event(logging.EventDrainCompleted), slog.Int64("took_ms", time.Since(start).Milliseconds()))
 	return nil
+}
+
+// profileRoutes are the pipeline profile's endpoints (PROFILE=phase5: the
+// replaced stage's POST /start and GET /status).
+func (a *app) profileRoutes(cfg *Config, log *slog.Logger) []api.Route {
+	if cfg.Profile != "phase5" {
+		return nil
+	}
+	t := &phase5.Trigger{Runner: a.runner, Store: a.store, Features: a.features, Logger: log}
+	return []api.Route{{Method: http.MethodPost, Path: "/start", Handler: t.Start},
+		{Method: http.MethodGet, Path: "/status", Handler: t.Status}}
 }

@@ -37,9 +37,13 @@ type Config struct {
 	HTTPWriteTimeout time.Duration `env:"HTTP_WRITE_TIMEOUT, default=60s"`
 	HTTPIdleTimeout  time.Duration `env:"HTTP_IDLE_TIMEOUT, default=120s"`
 
-	DataDir        string `env:"DATA_DIR, default=./data"`
-	StateStore     string `env:"STATE_STORE, default=sqlite"`
-	FeatureSource  string `env:"FEATURE_SOURCE, default=local"`
+	DataDir       string `env:"DATA_DIR, default=./data"`
+	StateStore    string `env:"STATE_STORE, default=sqlite"`
+	FeatureSource string `env:"FEATURE_SOURCE, default=local"`
+	// Profile switches on a pipeline profile: "phase5" serves the replaced
+	// stage's POST /start and GET /status and publishes its completion
+	// message (ORIGIN.md, docs/migrating.md). Empty: none.
+	Profile        string `env:"PROFILE"`
 	PredictionSink string `env:"PREDICTION_SINK, default=sqlite"`
 	Events         string `env:"EVENTS, default=log"`
 	Project        string `env:"GOOGLE_CLOUD_PROJECT"`
@@ -222,6 +226,7 @@ func (c *Config) validateBackends() error {
 		oneOf("FEATURE_SOURCE", c.FeatureSource, "local", "bigquery", "gamelogs"),
 		oneOf("PREDICTION_SINK", c.PredictionSink, "sqlite", "bigquery"),
 		oneOf("EVENTS", c.Events, "log", "pubsub"),
+		oneOf("PROFILE", c.Profile, "", "phase5"),
 	} {
 		if e != nil {
 			return e

@@ -58,6 +58,7 @@ func TestConfigRejects(t *testing.T) {
 		{map[string]string{"EVENTS": "smoke"}, "EVENTS"},
 		{map[string]string{"LOG_FORMAT": "xml"}, "LOG_FORMAT"},
 		{map[string]string{"TRACES": "jaeger"}, "TRACES"},
+		{map[string]string{"PROFILE": "phase4"}, "PROFILE"},
 		{map[string]string{"TRACE_SAMPLE_RATIO": "1.5"}, "TRACE_SAMPLE_RATIO"},
 		{map[string]string{"TRACES": "cloudtrace"}, "TRACES=cloudtrace"},
 		{map[string]string{"LOG_LEVEL": "loud"}, "LOG_LEVEL"},

@@ -6,7 +6,6 @@ package pubsub
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -26,6 +25,9 @@ type Publisher struct {
 	completion *pubsub.Publisher
 	dead       *pubsub.Publisher
 	timeout    time.Duration
+	// Format is how completion events are encoded: FormatEvent (the
+	// default, "") or FormatPhase5.
+	Format string
 }
 
 var _ events.Publisher = (*Publisher)(nil)
@@ -43,15 +45,14 @@ func (p *Publisher) Stop() {
 }
 
 // PublishEvent implements events.Publisher: the event as JSON, with its id
-// and type as attributes so subscribers can filter and de-duplicate.
+// and type as attributes so subscribers can filter and de-duplicate (or, in
+// FormatPhase5, the replaced stage's completion message).
 func (p *Publisher) PublishEvent(ctx context.Context, ev events.Event) error {
-	data, err := json.Marshal(ev)
+	data, attrs, err := encodeCompletion(p.Format, ev)
 	if err != nil {
 		return fmt.Errorf("encode event %s: %w", ev.ID, err)
 	}
-	return p.publish(ctx, p.completion, &pubsub.Message{Data: data, Attributes: map[string]string{
-		"event_id": ev.ID, "type": ev.Type, "batch_id": ev.BatchID, "correlation_id": ev.CorrelationID,
-	}})
+	return p.publish(ctx, p.completion, &pubsub.Message{Data: data, Attributes: attrs})
 }
 
 // PublishDeadLetter sends a dead letter: the raw message as data, the rest as

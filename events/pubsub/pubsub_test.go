@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"maps"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -272,5 +274,77 @@ func TestCheckTopicsNamesMissingTopics(t *testing.T) {
 	if err == nil || !errors.Is(err, events.ErrRejected) || !strings.Contains(err.Error(), "projects/p/topics/dead-letters") ||
 		!strings.Contains(err.Error(), "projects/other/topics/x") || strings.Contains(err.Error(), "topics/completions") {
 		t.Fatalf("missing topics: %v", err)
+	}
+}
+
+// In FormatPhase5 a completion event goes out as the replaced stage's
+// message (ORIGIN.md §5.3): exactly its fields, no attributes, and a status
+// that says what happened.
+func TestPhase5CompletionMessage(t *testing.T) {
+	t.Parallel()
+	srv, client := fake(t)
+	createTopic(t, client, "nba-phase5-predictions-complete")
+	createTopic(t, client, "dl")
+	pub := pspub.New(client, "nba-phase5-predictions-complete", "dl")
+	pub.Format = pspub.FormatPhase5
+	defer pub.Stop()
+	at := time.Date(2026, 1, 15, 19, 30, 0, 0, time.UTC)
+	base := events.Event{ID: "e1", Type: events.TypeBatchCompleted, BatchID: "batch_2026-01-15_1768471200",
+		GameDate: "2026-01-15", CorrelationID: "abc12345", TotalItems: 200, DoneItems: 200, Predictions: 1000, At: at,
+		DurationMS: 93500}
+	partial := base
+	partial.ID, partial.FailedItems, partial.CorrelationID, partial.DatasetPrefix = "e2", 10, "", "test"
+	failed := base
+	failed.ID, failed.Type, failed.DoneItems, failed.Predictions = "e3", events.TypeBatchFailed, 50, 250
+	for _, ev := range []events.Event{base, partial, failed} {
+		if err := pub.PublishEvent(t.Context(), ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	msgs := srv.Messages()
+	if len(msgs) != 3 {
+		t.Fatalf("%d messages", len(msgs))
+	}
+	want := []string{"processor_name", "phase", "execution_id", "correlation_id", "game_date", "output_table", "output_dataset",
+		"status", "record_count", "records_failed", "timestamp", "duration_seconds", "trigger_source", "metadata"}
+	wantMeta := []string{"batch_id", "expected_players", "completed_players", "completed_predictions", "total_predictions", "completion_pct"}
+	var got []map[string]any
+	for _, m := range msgs {
+		if len(m.Attributes) != 0 {
+			t.Errorf("attributes %v, want none", m.Attributes)
+		}
+		var v map[string]any
+		if err := json.Unmarshal(m.Data, &v); err != nil {
+			t.Fatal(err)
+		}
+		if keys := slices.Sorted(maps.Keys(v)); !slices.Equal(keys, slices.Sorted(slices.Values(want))) {
+			t.Errorf("fields %v, want %v", keys, want)
+		}
+		meta, _ := v["metadata"].(map[string]any)
+		if keys := slices.Sorted(maps.Keys(meta)); !slices.Equal(keys, slices.Sorted(slices.Values(wantMeta))) {
+			t.Errorf("metadata fields %v, want %v", keys, wantMeta)
+		}
+		got = append(got, v)
+	}
+	ok, part, fail := got[0], got[1], got[2]
+	if ok["processor_name"] != "PredictionCoordinator" || ok["phase"] != "phase_5_predictions" ||
+		ok["execution_id"] != "batch_2026-01-15_1768471200" || ok["correlation_id"] != "abc12345" ||
+		ok["output_table"] != "player_prop_predictions" || ok["output_dataset"] != "nba_predictions" || ok["status"] != "success" ||
+		ok["record_count"] != 200.0 || ok["records_failed"] != 0.0 || ok["timestamp"] != "2026-01-15T19:30:00Z" ||
+		ok["duration_seconds"] != 93.5 || ok["trigger_source"] != "automatic" {
+		t.Errorf("success message %v", ok)
+	}
+	if m := ok["metadata"].(map[string]any); m["batch_id"] != "batch_2026-01-15_1768471200" || m["expected_players"] != 200.0 ||
+		m["completed_players"] != 200.0 || m["completed_predictions"] != 200.0 || m["total_predictions"] != 1000.0 ||
+		m["completion_pct"] != 100.0 {
+		t.Errorf("success metadata %v", m)
+	}
+	if m := part["metadata"].(map[string]any); part["status"] != "partial" || part["record_count"] != 190.0 ||
+		part["records_failed"] != 10.0 || part["correlation_id"] != "batch_2026-01-15_1768471200" ||
+		part["output_dataset"] != "test_nba_predictions" || m["completion_pct"] != 95.0 {
+		t.Errorf("partial message %v", part)
+	}
+	if m := fail["metadata"].(map[string]any); fail["status"] != "failed" || m["completion_pct"] != 25.0 {
+		t.Errorf("failed message %v", fail)
 	}
 }
