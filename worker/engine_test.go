@@ -546,12 +546,15 @@ func TestHeartbeatKeepsLease(t *testing.T) {
 	}
 }
 
+// waitFor polls cond. Its 30 s are a liveness bound, not a timing
+// assertion: a loaded two-core machine running the race detector beside two
+// emulators can take seconds for one SQLite write.
 func waitFor(t *testing.T, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 5s")
+			t.Fatal("condition not met within 30s")
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
