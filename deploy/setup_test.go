@@ -15,6 +15,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/predworker/predworker/internal/emulator"
+	"github.com/predworker/predworker/internal/indexfile"
 )
 
 // standIn is a gcloud (or bq) that records each call as one JSON line, keeps
@@ -337,36 +338,6 @@ func TestSetupRunsEndToEnd(t *testing.T) {
 	checkIndexCommands(t, calls, "staging_")
 }
 
-// indexFile is firestore.indexes.json.
-type indexFile struct {
-	Indexes []struct {
-		CollectionGroup string `json:"collectionGroup"`
-		Fields          []struct {
-			FieldPath string `json:"fieldPath"`
-			Order     string `json:"order"`
-		} `json:"fields"`
-	} `json:"indexes"`
-	FieldOverrides []struct {
-		CollectionGroup string           `json:"collectionGroup"`
-		FieldPath       string           `json:"fieldPath"`
-		TTL             bool             `json:"ttl"`
-		Indexes         []map[string]any `json:"indexes"`
-	} `json:"fieldOverrides"`
-}
-
-func readIndexFile(t *testing.T) indexFile {
-	t.Helper()
-	raw, err := os.ReadFile("../firestore.indexes.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var f indexFile
-	if err := json.Unmarshal(raw, &f); err != nil {
-		t.Fatal(err)
-	}
-	return f
-}
-
 // group applies the collection prefix (chunks is a subcollection: never).
 func group(prefix, g string) string {
 	if g == "chunks" {
@@ -399,7 +370,7 @@ func checkIndexCommands(t *testing.T, calls [][]string, prefix string) {
 			}
 		}
 	}
-	f := readIndexFile(t)
+	f := indexfile.Read(t, "..")
 	for _, ix := range f.Indexes {
 		var fields []string
 		for _, fl := range ix.Fields {

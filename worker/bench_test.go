@@ -105,6 +105,24 @@ func BenchmarkFullSlateTraced(b *testing.B) {
 	runBenchTraced(b, bd, bd.store, bd.sink, Config{}, state.Request{GameDate: "2025-01-15"}, tp)
 }
 
+// allSystems registers the five bundled systems (ensemble_v1 over the
+// four others, xgboost_v1 from the bundled model), each falling back to
+// moving_average.
+func allSystems(tb testing.TB) func(*systems.Registry) {
+	tb.Helper()
+	model, err := treemodel.LoadBundled()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return func(r *systems.Registry) {
+		r.Register(movingavg.New(), "")
+		r.Register(zonematchup.New(), movingavg.ID)
+		r.Register(similarity.New(), movingavg.ID)
+		r.Register(model, movingavg.ID)
+		r.Register(ensemble.New(movingavg.ID, zonematchup.ID, similarity.ID, treemodel.ID), movingavg.ID)
+	}
+}
+
 // discardSpans is an exporter that drops what it is given.
 type discardSpans struct{}
 
@@ -114,17 +132,7 @@ func (discardSpans) Shutdown(context.Context) error                             
 // The same slate with all five bundled systems (ensemble_v1 over the four
 // others, xgboost_v1 from the bundled model).
 func BenchmarkFullSlateAllSystems(b *testing.B) {
-	model, err := treemodel.LoadBundled()
-	if err != nil {
-		b.Fatal(err)
-	}
-	bd := setup(b, nil, func(r *systems.Registry) {
-		r.Register(movingavg.New(), "")
-		r.Register(zonematchup.New(), movingavg.ID)
-		r.Register(similarity.New(), movingavg.ID)
-		r.Register(model, movingavg.ID)
-		r.Register(ensemble.New(movingavg.ID, zonematchup.ID, similarity.ID, treemodel.ID), movingavg.ID)
-	})
+	bd := setup(b, nil, allSystems(b))
 	runBench(b, bd, bd.store, bd.sink, Config{}, state.Request{GameDate: "2025-01-15"})
 }
 

@@ -9,10 +9,8 @@ import (
 
 	"github.com/predworker/predworker/state"
 	"github.com/predworker/predworker/systems"
-	"github.com/predworker/predworker/systems/ensemble"
 	"github.com/predworker/predworker/systems/movingavg"
 	"github.com/predworker/predworker/systems/similarity"
-	"github.com/predworker/predworker/systems/treemodel"
 	"github.com/predworker/predworker/systems/zonematchup"
 )
 
@@ -92,17 +90,7 @@ func TestFaultStuckIsAbandonedAtTheDeadline(t *testing.T) {
 // stays closed, and every row says why it fell back.
 func TestDeclinesDoNotTripTheBreaker(t *testing.T) {
 	t.Parallel()
-	model, err := treemodel.LoadBundled()
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := setup(t, nil, func(r *systems.Registry) {
-		r.Register(movingavg.New(), "")
-		r.Register(zonematchup.New(), movingavg.ID)
-		r.Register(similarity.New(), movingavg.ID)
-		r.Register(model, movingavg.ID)
-		r.Register(ensemble.New(movingavg.ID, zonematchup.ID, similarity.ID, treemodel.ID), movingavg.ID)
-	})
+	b := setup(t, nil, allSystems(t))
 	e := b.engine(t, Config{}) // the default breaker: 5 consecutive failures
 	batch, _, err := e.Submit(t.Context(), "early", state.Request{GameDate: "2024-11-06"})
 	if err != nil {

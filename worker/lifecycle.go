@@ -128,19 +128,30 @@ func (r *Runner) Do(ctx context.Context, j Job) (Outcome, error) {
 		here.Created = created
 		return here, err
 	}
-	switch err := r.start(ctx, claimed); {
-	case errors.Is(err, ErrDraining):
-		out.Kind = Draining
-	case errors.Is(err, errRunningHere):
-		out.Kind = Running
-	case errors.Is(err, errAtCapacity):
-		out.Kind = AtCapacity
+	err = r.start(ctx, claimed)
+	switch kind, ok := admitted(err); {
+	case ok:
+		out.Kind = kind
 	case err != nil:
 		return out, err
 	default:
 		out.Kind = Started
 	}
 	return out, nil
+}
+
+// admitted names the outcome of a batch this instance did not admit
+// (draining, running it already, full); ok is false for any other err.
+func admitted(err error) (OutcomeKind, bool) {
+	switch {
+	case errors.Is(err, ErrDraining):
+		return Draining, true
+	case errors.Is(err, errRunningHere):
+		return Running, true
+	case errors.Is(err, errAtCapacity):
+		return AtCapacity, true
+	}
+	return "", false
 }
 
 // find creates the Job's batch or reads the existing one.
@@ -193,17 +204,14 @@ func (r *Runner) doHere(ctx context.Context, b state.Batch, j Job) (Outcome, err
 	done, err := r.runHere(rctx, b, RunOptions{OnProgress: j.OnProgress})
 	out := Outcome{Batch: done, Err: err}
 	var failed *BatchFailedError
+	kind, notAdmitted := admitted(err)
 	switch {
 	case err == nil:
 		out.Kind = Completed
 	case errors.As(err, &failed):
 		out.Kind, out.Err = Failed, failed.Err
-	case errors.Is(err, ErrDraining):
-		out.Kind = Draining
-	case errors.Is(err, errRunningHere):
-		out.Kind = Running
-	case errors.Is(err, errAtCapacity):
-		out.Kind = AtCapacity
+	case notAdmitted:
+		out.Kind = kind
 	case errors.Is(err, state.ErrLeaseLost):
 		out.Kind = Held
 	case errors.Is(err, ErrInterrupted):

@@ -2,9 +2,7 @@ package firestore_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -13,6 +11,7 @@ import (
 	"time"
 
 	"github.com/predworker/predworker/internal/emulator"
+	"github.com/predworker/predworker/internal/indexfile"
 	"github.com/predworker/predworker/state"
 	"github.com/predworker/predworker/state/firestore"
 	"github.com/predworker/predworker/systems"
@@ -144,27 +143,7 @@ func TestWriteBudget(t *testing.T) {
 // The shipped index file must cover the composite queries the store runs.
 func TestIndexFileCoversQueries(t *testing.T) {
 	t.Parallel()
-	raw, err := os.ReadFile("../../firestore.indexes.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var f struct {
-		Indexes []struct {
-			CollectionGroup string `json:"collectionGroup"`
-			Fields          []struct {
-				FieldPath string `json:"fieldPath"`
-				Order     string `json:"order"`
-			} `json:"fields"`
-		} `json:"indexes"`
-		FieldOverrides []struct {
-			CollectionGroup string `json:"collectionGroup"`
-			FieldPath       string `json:"fieldPath"`
-			TTL             bool   `json:"ttl"`
-		} `json:"fieldOverrides"`
-	}
-	if err := json.Unmarshal(raw, &f); err != nil {
-		t.Fatal(err)
-	}
+	f := indexfile.Read(t, "../..")
 	var have []string
 	for _, ix := range f.Indexes {
 		var parts []string

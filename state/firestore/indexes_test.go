@@ -2,7 +2,6 @@ package firestore_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"maps"
 	"os"
@@ -20,6 +19,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/predworker/predworker/internal/emulator"
+	"github.com/predworker/predworker/internal/indexfile"
 	"github.com/predworker/predworker/state"
 	"github.com/predworker/predworker/state/firestore"
 	"github.com/predworker/predworker/state/statetest"
@@ -147,22 +147,7 @@ func TestIndexesCoverEveryQuery(t *testing.T) {
 	}
 	t.Run("suite", func(t *testing.T) { statetest.Run(t, newRecorded) })
 
-	raw, err := os.ReadFile("../../firestore.indexes.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var file struct {
-		Indexes []struct {
-			CollectionGroup string `json:"collectionGroup"`
-			Fields          []struct {
-				FieldPath string `json:"fieldPath"`
-				Order     string `json:"order"`
-			} `json:"fields"`
-		} `json:"indexes"`
-	}
-	if err := json.Unmarshal(raw, &file); err != nil {
-		t.Fatal(err)
-	}
+	file := indexfile.Read(t, "../..")
 	declared := map[string]bool{}
 	for _, ix := range file.Indexes {
 		var fields []string

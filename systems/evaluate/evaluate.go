@@ -87,7 +87,7 @@ type Scorer struct {
 	sys       map[string]*stats
 	baselines map[string]*stats
 	eligible  int
-	seen      map[[2]string]bool
+	games     map[[2]string]*game  // every player-game looked up, eligible or not
 	cal       *systems.Calibration // fitted on the dates already ended
 	pending   []side
 }
@@ -101,7 +101,7 @@ type side struct {
 // NewScorer returns an empty scorer over o.
 func NewScorer(o Outcomes) *Scorer {
 	return &Scorer{o: o, sys: map[string]*stats{}, baselines: map[string]*stats{"season_average": newStats(), "line": newStats()},
-		seen: map[[2]string]bool{}, cal: systems.NewCalibration()}
+		games: map[[2]string]*game{}, cal: systems.NewCalibration()}
 }
 
 // EndDate folds the sides of the date just scored into the calibration the
@@ -116,48 +116,61 @@ func (s *Scorer) EndDate() {
 // Calibration is the calibration fitted on every date ended so far.
 func (s *Scorer) Calibration() *systems.Calibration { return s.cal }
 
-// Eligible reports whether a player-game is scored, and its actual points.
-func (s *Scorer) eligible1(player, date string) (float64, bool) {
-	actual, ok := s.o.Actual(player, date)
-	if !ok {
-		return 0, false
+// game is what the scorer knows of one player-game, looked up once.
+type game struct {
+	eligible bool // played, with at least MinGames earlier games that season
+	actual   float64
+	avg      float64 // season average of earlier games
+	line     Line
+	hasLine  bool
+	counted  bool // by AddGame
+}
+
+// game returns the player-game, looking it up the first time.
+func (s *Scorer) game(player, date string) *game {
+	key := [2]string{player, date}
+	if g := s.games[key]; g != nil {
+		return g
 	}
-	if _, n := s.o.SeasonAverage(player, date); n < MinGames {
-		return 0, false
-	}
-	return actual, true
+	g := &game{}
+	var n int
+	g.actual, g.eligible = s.o.Actual(player, date)
+	g.avg, n = s.o.SeasonAverage(player, date)
+	g.eligible = g.eligible && n >= MinGames
+	g.line, g.hasLine = s.o.Line(player, date)
+	s.games[key] = g
+	return g
 }
 
 // AddGame counts a player-game for the baselines and the coverage; call it
 // once for every player of every scored slate.
 func (s *Scorer) AddGame(player, date string) {
-	key := [2]string{player, date}
-	actual, ok := s.eligible1(player, date)
-	if !ok || s.seen[key] {
+	g := s.game(player, date)
+	if !g.eligible || g.counted {
 		return
 	}
-	s.seen[key] = true
+	g.counted = true
 	s.eligible++
-	avg, _ := s.o.SeasonAverage(player, date)
 	month := date[:7]
-	s.baselines["season_average"].addError(month, avg, actual)
-	if l, ok := s.o.Line(player, date); ok {
+	s.baselines["season_average"].addError(month, g.avg, g.actual)
+	if g.hasLine {
 		b := s.baselines["season_average"]
 		b.lined++
-		b.linedAbs += math.Abs(avg - actual)
+		b.linedAbs += math.Abs(g.avg - g.actual)
 		lb := s.baselines["line"]
-		lb.addError(month, l.Line, actual)
+		lb.addError(month, g.line.Line, g.actual)
 		lb.lined++
-		lb.linedAbs += math.Abs(l.Line - actual)
+		lb.linedAbs += math.Abs(g.line.Line - g.actual)
 	}
 }
 
 // Add scores one prediction row.
 func (s *Scorer) Add(p *systems.Prediction) {
-	actual, ok := s.eligible1(p.PlayerLookup, p.GameDate)
-	if !ok || p.Failed {
+	g := s.game(p.PlayerLookup, p.GameDate)
+	if !g.eligible || p.Failed {
 		return
 	}
+	actual := g.actual
 	st := s.sys[p.SystemID]
 	if st == nil {
 		st = newStats()
@@ -168,10 +181,10 @@ func (s *Scorer) Add(p *systems.Prediction) {
 		st.fallbacks++
 	}
 	st.addError(p.GameDate[:7], p.PredictedPoints, actual)
-	l, ok := s.o.Line(p.PlayerLookup, p.GameDate)
-	if !ok {
+	if !g.hasLine {
 		return
 	}
+	l := g.line
 	st.lined++
 	st.linedAbs += math.Abs(p.PredictedPoints - actual)
 	if actual == l.Line || p.PredictedPoints == l.Line {

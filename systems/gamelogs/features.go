@@ -57,7 +57,10 @@ func shares(games []entry) [4]float64 {
 
 // features computes the feature row of p's game at index i from the games
 // before it.
-func (s *Source) features(p *player, i int) *systems.Features {
+//
+// missing caches, per side of a game, the scoring missing from it (the same
+// for every player of that side).
+func (s *Source) features(p *player, i int, missing map[gameTeam]float64) *systems.Features {
 	cur := p.games[i]
 	var season, prior []entry // played games before cur, newest first
 	for j := i - 1; j >= 0; j-- {
@@ -98,19 +101,10 @@ func (s *Source) features(p *player, i int) *systems.Features {
 	usages := s.usages(base)
 	usageSeason := systems.Mean(usages)
 	usageL5 := systems.Mean(usages[:min(5, len(usages))])
-	rest, games7 := maxRest, 0
-	for j := i - 1; j >= 0; j-- {
-		g := p.games[j]
-		if !g.played {
-			continue
-		}
-		if rest == maxRest {
-			rest = min(maxRest, int(cur.day-g.day))
-		}
-		if cur.day-g.day <= 7 {
+	rest, games7 := restBefore(p, i), 0
+	for j := i - 1; j >= 0 && cur.day-p.games[j].day <= 7; j-- {
+		if p.games[j].played {
 			games7++
-		} else {
-			break
 		}
 	}
 	fatigue := float64(12*games7) + usageSeason/2
@@ -147,7 +141,7 @@ func (s *Source) features(p *player, i int) *systems.Features {
 		MinutesAvgSeason:   round1(mins(base, len(base))),
 		PointsPerMinL5:     perMinute(base[:min(5, len(base))]),
 		PointsPerMinSeason: perMinute(base),
-		TeammatesOut:       round1(s.teammatesOut(p, cur)),
+		TeammatesOut:       round1(s.teammatesOut(cur, missing)),
 		GamesPlayed:        len(season),
 		GamesLast7Days:     games7,
 		FatigueScore:       round1(systems.Clamp(fatigue, 0, 100)),
@@ -189,8 +183,19 @@ func perMinute(games []entry) float64 {
 
 // teammatesOut sums the season points per game (before cur) of the players
 // who played cur's team's previous game that season and have no row on
-// cur's date with that team.
-func (s *Source) teammatesOut(p *player, cur entry) float64 {
+// cur's date with that team (cur's player has one, so he is never among
+// them).
+func (s *Source) teammatesOut(cur entry, missing map[gameTeam]float64) float64 {
+	key := gameTeam{cur.gameID, cur.team}
+	if v, ok := missing[key]; ok {
+		return v
+	}
+	v := s.missingPoints(cur)
+	missing[key] = v
+	return v
+}
+
+func (s *Source) missingPoints(cur entry) float64 {
 	games := s.schedule[seasonTeam{cur.season, cur.team}]
 	k := sort.Search(len(games), func(k int) bool { return games[k].day >= cur.day })
 	if k == 0 {
@@ -204,28 +209,33 @@ func (s *Source) teammatesOut(p *player, cur entry) float64 {
 	}
 	out := 0.0
 	for _, pi := range s.rosters[gameTeam{games[k-1].game, cur.team}] {
-		if tonight[pi] || s.players[pi] == p {
-			continue
-		}
-		if avg, n := s.SeasonAverage(s.players[pi].lookup, cur.date); n > 0 {
-			out += avg
-		} else if avg, n := s.averageBefore(s.players[pi], cur.day, cur.season); n > 0 {
+		if !tonight[pi] {
+			avg, _ := averageBefore(s.players[pi], cur.day, cur.season)
 			out += avg
 		}
 	}
 	return out
 }
 
-// averageBefore is a player's points per game that season before day (for
-// a player with no row on that day).
-func (s *Source) averageBefore(p *player, day int32, season int16) (float64, int) {
-	sum, n := 0.0, 0
-	for _, g := range p.games {
-		if g.day >= day {
-			break
+// restBefore is the days from the last game p played before his game at
+// index i to that game, at most maxRest.
+func restBefore(p *player, i int) int {
+	for j := i - 1; j >= 0; j-- {
+		if p.games[j].played {
+			return min(maxRest, int(p.games[i].day-p.games[j].day))
 		}
-		if g.played && g.season == season {
-			sum += g.points
+	}
+	return maxRest
+}
+
+// averageBefore is a player's points per game that season before day, and
+// over how many games.
+func averageBefore(p *player, day int32, season int16) (float64, int) {
+	i := sort.Search(len(p.games), func(k int) bool { return p.games[k].day >= day })
+	sum, n := 0.0, 0
+	for j := i - 1; j >= 0 && p.games[j].season == season; j-- {
+		if p.games[j].played {
+			sum += p.games[j].points
 			n++
 		}
 	}
@@ -256,23 +266,14 @@ func (s *Source) recent(p *player, i int) []systems.GameLog {
 		if !g.played {
 			continue
 		}
-		rest := maxRest
 		var before []float64 // that season's points before g, newest first
-		for k := j - 1; k >= 0; k-- {
-			h := p.games[k]
-			if !h.played {
-				continue
+		for k := j - 1; k >= 0 && p.games[k].season == g.season; k-- {
+			if h := p.games[k]; h.played {
+				before = append(before, h.points)
 			}
-			if rest == maxRest {
-				rest = min(maxRest, int(g.day-h.day))
-			}
-			if h.season != g.season {
-				break
-			}
-			before = append(before, h.points)
 		}
 		out = append(out, systems.GameLog{Date: g.date, OppTier: max(1, s.team(g.season, g.opp, g.day).tier),
-			RestDays: min(rest, 3), Home: g.home, Points: g.points,
+			RestDays: min(restBefore(p, j), 3), Home: g.home, Points: g.points,
 			Form: systems.Form(systems.Mean(before[:min(5, len(before))]), systems.Mean(before), len(before))})
 	}
 	return out

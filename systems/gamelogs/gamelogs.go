@@ -271,6 +271,19 @@ type teamGame struct {
 	teamMinutes float64
 }
 
+// allowedAcc sums what a team (or the league) allowed over its games.
+type allowedAcc struct{ pts, poss, oppPoss, n, allowedTwo, allowedThree, allowedFT float64 }
+
+func (a *allowedAcc) add(g *teamGame) {
+	a.pts += g.oppPts // allowed
+	a.poss += poss(g.fga, g.fta)
+	a.oppPoss += poss(g.oppFga, g.oppFta)
+	a.n++
+	a.allowedTwo += g.oppFga - g.oppFg3a
+	a.allowedThree += g.oppFg3a
+	a.allowedFT += g.oppFta
+}
+
 // context computes, for every season, team and game day, the team as of
 // that day (games before it only) and the league's averages.
 func (s *Source) context() {
@@ -321,33 +334,19 @@ func (s *Source) context() {
 		slices.SortFunc(games, func(a, b *teamGame) int { return cmp.Compare(a.day, b.day) })
 		ds := slices.Compact(slices.Sorted(slices.Values(days[season])))
 		s.asOf[season], s.leagueDay[season] = map[string]map[int32]*teamDay{}, map[int32]*teamDay{}
-		type acc struct{ pts, poss, oppPoss, n, allowedTwo, allowedThree, allowedFT float64 }
-		teams := map[string]*acc{}
-		var league acc
+		teams := map[string]*allowedAcc{}
+		var league allowedAcc
 		gi := 0
 		for _, d := range ds {
 			for ; gi < len(games) && games[gi].day < d; gi++ {
 				g := games[gi]
 				a := teams[g.team]
 				if a == nil {
-					a = &acc{}
+					a = &allowedAcc{}
 					teams[g.team] = a
 				}
-				own, opp := poss(g.fga, g.fta), poss(g.oppFga, g.oppFta)
-				a.pts += g.oppPts // allowed
-				a.poss += own
-				a.oppPoss += opp
-				a.n++
-				a.allowedTwo += g.oppFga - g.oppFg3a
-				a.allowedThree += g.oppFg3a
-				a.allowedFT += g.oppFta
-				league.pts += g.oppPts
-				league.poss += own
-				league.oppPoss += opp
-				league.n++
-				league.allowedTwo += g.oppFga - g.oppFg3a
-				league.allowedThree += g.oppFg3a
-				league.allowedFT += g.oppFta
+				a.add(g)
+				league.add(g)
 			}
 			lg := &teamDay{defRating: 112, pace: 100, allowed: [3]float64{0.55, 0.3, 0.22}}
 			if league.n > 0 {
@@ -421,21 +420,30 @@ func (s *Source) Dates() []string {
 
 // Slate implements systems.FeatureSource: the players with a row on date.
 func (s *Source) Slate(ctx context.Context, date string) ([]string, error) {
-	if err := ctx.Err(); err != nil {
+	if err := s.checkDate(ctx, date); err != nil {
 		return nil, err
 	}
-	if date < s.first || date > s.last {
-		return nil, fmt.Errorf("%s is outside the game log (%s to %s): %w", date, s.first, s.last, systems.ErrUnknownDate)
-	}
 	ps := s.slates[date]
-	if len(ps) == 0 {
-		return nil, fmt.Errorf("%s: %w", date, systems.ErrNoGames)
-	}
 	out := make([]string, len(ps))
 	for i, pi := range ps {
 		out[i] = s.players[pi].lookup
 	}
 	return out, nil
+}
+
+// checkDate says why date has no slate: ErrUnknownDate outside the file,
+// ErrNoGames on a day without rows.
+func (s *Source) checkDate(ctx context.Context, date string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if date < s.first || date > s.last {
+		return fmt.Errorf("%s is outside the game log (%s to %s): %w", date, s.first, s.last, systems.ErrUnknownDate)
+	}
+	if len(s.slates[date]) == 0 {
+		return fmt.Errorf("%s: %w", date, systems.ErrNoGames)
+	}
+	return nil
 }
 
 // at returns the player and the index of his row on date.
@@ -469,17 +477,7 @@ func (s *Source) SeasonAverage(lookup, date string) (float64, int) {
 	if !ok {
 		return 0, 0
 	}
-	sum, n := 0.0, 0
-	for j := i - 1; j >= 0 && p.games[j].season == p.games[i].season; j-- {
-		if p.games[j].played {
-			sum += p.games[j].points
-			n++
-		}
-	}
-	if n == 0 {
-		return 0, 0
-	}
-	return sum / float64(n), n
+	return averageBefore(p, p.games[i].day, p.games[i].season)
 }
 
 // LineOf is the line of a player's game on date, when the lines file has one.
@@ -494,16 +492,17 @@ func (s *Source) LineOf(lookup, date string) (Line, bool) {
 
 // Features implements systems.FeatureSource.
 func (s *Source) Features(ctx context.Context, date string, players []string) (map[string]*systems.Features, error) {
-	if _, err := s.Slate(ctx, date); err != nil {
+	if err := s.checkDate(ctx, date); err != nil {
 		return nil, err
 	}
 	out := make(map[string]*systems.Features, len(players))
+	missing := map[gameTeam]float64{}
 	for _, name := range players {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
 		if p, i, ok := s.at(name, date); ok {
-			out[name] = s.features(p, i)
+			out[name] = s.features(p, i, missing)
 		}
 	}
 	return out, nil

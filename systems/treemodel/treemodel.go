@@ -110,6 +110,7 @@ func Bundled() []byte { return bundled }
 type System struct {
 	model   *leaves.Ensemble
 	names   []string
+	inputs  []func(*systems.Features) float64 // Inputs of names, looked up once
 	version string
 }
 
@@ -135,7 +136,11 @@ func Load(r io.Reader, version string) (*System, error) {
 	if m.NOutputGroups() != 1 {
 		return nil, fmt.Errorf("xgboost_v1 model: %d outputs, want 1 (regression)", m.NOutputGroups())
 	}
-	return &System{model: m, names: names, version: version}, nil
+	inputs := make([]func(*systems.Features) float64, len(names))
+	for i, n := range names {
+		inputs[i] = Inputs[n]
+	}
+	return &System{model: m, names: names, inputs: inputs, version: version}, nil
 }
 
 // featureNames reads the model's feature_names= line; every name must be
@@ -182,7 +187,10 @@ func (s *System) Predict(ctx context.Context, f *systems.Features) (systems.Esti
 		return systems.Estimate{}, err
 	}
 	var buf [32]float64
-	x := VectorOf(s.names, f, buf[:0])
+	x := buf[:0]
+	for _, in := range s.inputs {
+		x = append(x, in(f))
+	}
 	for _, v := range x {
 		if math.IsNaN(v) || math.IsInf(v, 0) {
 			return systems.Estimate{}, fmt.Errorf("non-finite model input: %w", systems.ErrInsufficientData)
