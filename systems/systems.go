@@ -14,6 +14,7 @@ import (
 	"math"
 	"slices"
 	"sort"
+	"sync"
 	"time"
 )
 
@@ -105,6 +106,53 @@ type Features struct {
 	Line    float64 `json:"line"` // prop line; valid only when HasLine
 	HasLine bool    `json:"has_line"`
 	Quality float64 `json:"quality"` // 0-100 data quality score
+
+	// Named holds a feature store's inputs by name, for sources whose
+	// models read more than the typed fields above (the pipeline
+	// profile's 60 store features; NaN or absent = no value). Models
+	// loaded from a registry build their vectors from it.
+	Named map[string]float64 `json:"named,omitempty"`
+	// Attrs are per-player columns a feature source hands through to its
+	// sink unchanged (the pipeline profile's line, quality and identity
+	// columns). The engine copies them to each of the player's rows.
+	Attrs map[string]any `json:"attrs,omitempty"`
+}
+
+// Scope is what a batch's request says about where its data lives and how
+// it runs, for sources and sinks that need it (the pipeline profile's
+// prediction_run_mode and dataset_prefix). The engine puts it in the
+// context of every feature source and sink call.
+type Scope struct {
+	RunMode       string
+	DatasetPrefix string
+}
+
+type scopeKey struct{}
+
+// WithScope returns ctx carrying s.
+func WithScope(ctx context.Context, s Scope) context.Context {
+	return context.WithValue(ctx, scopeKey{}, s)
+}
+
+// ScopeFrom returns the scope in ctx (zero when none).
+func ScopeFrom(ctx context.Context) Scope {
+	s, _ := ctx.Value(scopeKey{}).(Scope)
+	return s
+}
+
+// FeatureValidator is a FeatureSource with its own validation of a
+// player's features (its contract differs from Validate's); the engine
+// uses it instead of Validate.
+type FeatureValidator interface {
+	ValidateFeatures(f *Features, minQuality float64) error
+}
+
+// Finisher is a Sink with work to do once a batch's last chunk is
+// committed and before the batch is marked completed (the pipeline
+// profile's is_active rule). Finish must be idempotent: a crash before the
+// batch is marked completed runs it again.
+type Finisher interface {
+	Finish(ctx context.Context, batchID, gameDate string) error
 }
 
 // Combiner is a system computed from other systems' estimates for the same
@@ -172,7 +220,10 @@ func Clamp(v, lo, hi float64) float64 {
 }
 
 // Registry holds the systems a worker may run and their fallbacks.
+// It is safe for concurrent use: a model fleet registers the systems it
+// loads while batches run.
 type Registry struct {
+	mu        sync.RWMutex
 	systems   map[string]System
 	fallbacks map[string]string
 }
@@ -184,6 +235,8 @@ func NewRegistry() *Registry {
 
 // Register adds s with an optional fallback system id ("" for none).
 func (r *Registry) Register(s System, fallback string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	r.systems[s.ID()] = s
 	if fallback != "" {
 		r.fallbacks[s.ID()] = fallback
@@ -193,6 +246,8 @@ func (r *Registry) Register(s System, fallback string) {
 // Validate checks that every fallback names a registered system and that no
 // chain loops.
 func (r *Registry) Validate() error {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
 	for id := range r.fallbacks {
 		seen := map[string]bool{id: true}
 		for cur := id; r.fallbacks[cur] != ""; {
@@ -211,15 +266,23 @@ func (r *Registry) Validate() error {
 
 // Get returns a registered system.
 func (r *Registry) Get(id string) (System, bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
 	s, ok := r.systems[id]
 	return s, ok
 }
 
 // Fallback returns the fallback of id, or "".
-func (r *Registry) Fallback(id string) string { return r.fallbacks[id] }
+func (r *Registry) Fallback(id string) string {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.fallbacks[id]
+}
 
 // IDs returns the registered system ids, sorted.
 func (r *Registry) IDs() []string {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
 	ids := make([]string, 0, len(r.systems))
 	for id := range r.systems {
 		ids = append(ids, id)
@@ -229,7 +292,12 @@ func (r *Registry) IDs() []string {
 }
 
 // Has reports whether id is registered.
-func (r *Registry) Has(id string) bool { _, ok := r.systems[id]; return ok }
+func (r *Registry) Has(id string) bool {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	_, ok := r.systems[id]
+	return ok
+}
 
 // FeatureSource loads features.
 type FeatureSource interface {
@@ -263,6 +331,8 @@ type Prediction struct {
 	FailureReason string    `json:"failure_reason,omitempty"`
 	ModelVersion  string    `json:"model_version"`
 	CreatedAt     time.Time `json:"created_at"`
+	// Attrs are the player's Features.Attrs, for sinks that store them.
+	Attrs map[string]any `json:"attrs,omitempty"`
 }
 
 // Sink stores prediction rows. Write must be idempotent by key: writing a row

@@ -69,7 +69,7 @@ func New(cfg Config, d Deps) (*Engine, error) {
 	tracer := d.Tracer.Tracer(TracerName)
 	return &Engine{cfg: cfg, store: d.Store, features: d.Features, sink: d.Sink, registry: d.Registry,
 		clock: d.Clock, log: d.Logger, metrics: d.Metrics, tracer: tracer,
-		fanout: newFanout(cfg, d.Registry, d.Metrics, d.Logger, tracer)}, nil
+		fanout: newFanout(cfg, d.Registry, d.Features, d.Metrics, d.Logger, tracer)}, nil
 }
 
 // Owner is the engine's lease owner id.

@@ -25,28 +25,52 @@ import (
 // explicit failure record; never an error.
 type fanout struct {
 	registry   *systems.Registry
+	cfg        Config
+	log        *slog.Logger
+	mu         sync.Mutex
 	callers    map[string]*caller
 	limit      int
 	minQuality float64
+	validate   func(*systems.Features, float64) error
 	metrics    *Metrics
 	tracer     trace.Tracer
 }
 
-func newFanout(cfg Config, reg *systems.Registry, m *Metrics, log *slog.Logger, tracer trace.Tracer) *fanout {
-	f := &fanout{registry: reg, callers: map[string]*caller{}, limit: cfg.Concurrency, minQuality: cfg.MinQuality,
-		metrics: m, tracer: tracer}
+func newFanout(cfg Config, reg *systems.Registry, src systems.FeatureSource, m *Metrics, log *slog.Logger, tracer trace.Tracer) *fanout {
+	f := &fanout{registry: reg, cfg: cfg, log: log, callers: map[string]*caller{}, limit: cfg.Concurrency,
+		minQuality: cfg.MinQuality, validate: systems.Validate, metrics: m, tracer: tracer}
+	if v, ok := src.(systems.FeatureValidator); ok {
+		f.validate = v.ValidateFeatures
+	}
 	for _, id := range reg.IDs() {
-		s, _ := reg.Get(id)
-		f.callers[id] = newCaller(cfg, s, log)
+		f.caller(id)
 	}
 	return f
+}
+
+// caller returns system id's caller, made on first use for a system
+// registered after the engine started (a model fleet's refresh); nil when
+// id is not registered.
+func (f *fanout) caller(id string) *caller {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if c, ok := f.callers[id]; ok {
+		return c
+	}
+	s, ok := f.registry.Get(id)
+	if !ok {
+		return nil
+	}
+	c := newCaller(f.cfg, s, f.log)
+	f.callers[id] = c
+	return c
 }
 
 // callOne calls system id for player through its caller, in a span of its
 // own.
 func (f *fanout) callOne(ctx context.Context, id, player string, fn func(context.Context) (systems.Estimate, error)) (systems.Estimate, string, error) {
-	c, ok := f.callers[id]
-	if !ok {
+	c := f.caller(id)
+	if c == nil {
 		return systems.Estimate{}, "error", fmt.Errorf("system %q is not registered", id)
 	}
 	if !trace.SpanFromContext(ctx).IsRecording() { // the chunk is not traced: neither is the call
@@ -66,7 +90,7 @@ func (f *fanout) callOne(ctx context.Context, id, player string, fn func(context
 
 // predictWith returns the call of system id's Predict on ft.
 func (f *fanout) predictWith(id string, ft *systems.Features) func(context.Context) (systems.Estimate, error) {
-	return func(ctx context.Context) (systems.Estimate, error) { return f.callers[id].sys.Predict(ctx, ft) }
+	return func(ctx context.Context) (systems.Estimate, error) { return f.caller(id).sys.Predict(ctx, ft) }
 }
 
 // estimates collects, per item, the successful estimates a combiner needs.
@@ -118,7 +142,7 @@ func (f *fanout) plan(b state.Batch, items []string, feats map[string]*systems.F
 		ft := feats[player]
 		var invalid error
 		if ft != nil {
-			invalid = systems.Validate(ft, f.minQuality)
+			invalid = f.validate(ft, f.minQuality)
 		}
 		for j, sid := range p.sys {
 			k := i*len(p.sys) + j
@@ -130,11 +154,11 @@ func (f *fanout) plan(b state.Batch, items []string, feats map[string]*systems.F
 				row.Failed, row.FailureReason = true, "no_features: player has no game or no feature row on this date"
 				continue
 			case invalid != nil:
-				row.GameID = ft.GameID
+				row.GameID, row.Attrs = ft.GameID, ft.Attrs
 				row.Failed, row.FailureReason = true, "invalid_features: "+invalid.Error()
 				continue
 			}
-			row.GameID = ft.GameID
+			row.GameID, row.Attrs = ft.GameID, ft.Attrs
 			if ft.HasLine {
 				line := ft.Line
 				row.Line = &line
@@ -289,7 +313,7 @@ func (f *fanout) setRow(row *systems.Prediction, by string, est systems.Estimate
 	row.Confidence = est.Confidence
 	row.Recommendation = est.Recommendation
 	row.ProducedBy = by
-	row.ModelVersion = f.callers[by].sys.Version()
+	row.ModelVersion = f.caller(by).sys.Version()
 }
 
 // fill fills row from system start, then along its fallback chain. reasons

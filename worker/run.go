@@ -96,7 +96,7 @@ func (e *Engine) RunClaimed(ctx context.Context, b state.Batch, opts RunOptions)
 	defer e.metrics.ActiveBatches.Dec()
 
 	r := &run{b: b, log: log}
-	r.ctx, r.cancel = context.WithCancelCause(ctx)
+	r.ctx, r.cancel = context.WithCancelCause(systems.WithScope(ctx, scopeOf(b.Request)))
 	defer r.cancel(nil)
 	r.guard = newLeaseGuard(e.clock, b.Lease, e.clock.Now(), e.cfg.LeaseTTL, func() {
 		r.cancel(fmt.Errorf("lease of %s not renewed in time: %w", b.ID, state.ErrLeaseLost))
@@ -127,6 +127,11 @@ func (e *Engine) RunClaimed(ctx context.Context, b state.Batch, opts RunOptions)
 		return e.stopped(ctx, r, err)
 	}
 	return e.loop(ctx, r, opts)
+}
+
+// scopeOf is what sources and sinks may need of a request.
+func scopeOf(r state.Request) systems.Scope {
+	return systems.Scope{RunMode: r.RunMode, DatasetPrefix: r.DatasetPrefix}
 }
 
 // missingSystems lists the systems b asks for that this engine does not run
@@ -170,6 +175,16 @@ func (e *Engine) loop(ctx context.Context, r *run, opts RunOptions) (state.Batch
 func (e *Engine) complete(r *run) error {
 	b := r.b
 	lease := r.guard.lease()
+	if fin, ok := e.sink.(systems.Finisher); ok {
+		if !r.guard.valid() {
+			return fmt.Errorf("finish the sink: %w", state.ErrLeaseLost)
+		}
+		if err := e.retry(r.ctx, "finish the sink", r.log, func() error {
+			return fin.Finish(r.ctx, b.ID, b.Request.GameDate)
+		}); err != nil {
+			return fmt.Errorf("finish the sink: %w", err)
+		}
+	}
 	err := e.retry(r.ctx, "finish", r.log, func() error {
 		return e.store.Finish(r.ctx, b.ID, lease, state.StatusCompleted, "")
 	})

@@ -101,7 +101,7 @@ func (e *Engine) Submit(ctx context.Context, id string, r state.Request) (state.
 	// The date is checked against the feature source even when the request
 	// names its players: a date outside the season or without games is
 	// refused here, not discovered as a batch of failure records.
-	slate, err := e.features.Slate(ctx, r.GameDate)
+	slate, err := e.features.Slate(systems.WithScope(ctx, scopeOf(r)), r.GameDate)
 	switch {
 	case errors.Is(err, systems.ErrNoGames), errors.Is(err, systems.ErrUnknownDate), errors.Is(err, systems.ErrNoPlayers):
 		return state.Batch{}, false, &InputError{Field: "game_date", Message: err.Error(), Err: err}

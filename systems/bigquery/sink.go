@@ -4,6 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
+	"math/big"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -26,6 +30,23 @@ import (
 type SinkOptions struct {
 	Project, Dataset, Table string        // the predictions table (deploy/bigquery/predictions_schema.json)
 	CallTimeout             time.Duration // per call (default 30 s)
+	// Rows, when set, is another table's row format (a pipeline profile's
+	// output table); nil writes the rows of PredictionSchema.
+	Rows *RowFormat
+}
+
+// RowFormat is a table's rows: its schema and how a prediction becomes a
+// row. The schema needs a batch_id column (the verification query of a
+// stream BigQuery no longer knows counts a chunk's rows by it).
+type RowFormat struct {
+	Schema bigquery.Schema
+	// SchemaFile names where operators find the schema, for messages.
+	SchemaFile string
+	// Row returns a prediction's columns by name; nil leaves the
+	// prediction out of the table (its count travels in the stage's
+	// token). Values: nil (NULL), string, float64 (also for NUMERIC),
+	// int64, bool, civil.Date, time.Time, []int64.
+	Row func(p *systems.Prediction, epoch int64, writtenAt time.Time) (map[string]any, error)
 }
 
 // Sink writes predictions with the BigQuery Storage Write API, exactly once
@@ -60,7 +81,7 @@ type Sink struct {
 	table   [3]string // project, dataset, table
 	schema  *descriptorpb.DescriptorProto
 	message protoreflect.MessageDescriptor
-	fields  rowFields
+	rows    RowFormat
 	timeout time.Duration
 }
 
@@ -99,7 +120,14 @@ func NewSink(writer *managedwriter.Client, query *bigquery.Client, o SinkOptions
 	if o.CallTimeout <= 0 {
 		o.CallTimeout = 30 * time.Second
 	}
-	ts, err := adapt.BQSchemaToStorageTableSchema(PredictionSchema)
+	rf := predictionRows
+	if o.Rows != nil {
+		rf = *o.Rows
+	}
+	if !slices.ContainsFunc(rf.Schema, func(f *bigquery.FieldSchema) bool { return f.Name == "batch_id" }) {
+		return nil, fmt.Errorf("the rows of %s need a batch_id column", o.Table)
+	}
+	ts, err := adapt.BQSchemaToStorageTableSchema(rf.Schema)
 	if err != nil {
 		return nil, fmt.Errorf("prediction schema: %w", err)
 	}
@@ -115,11 +143,7 @@ func NewSink(writer *managedwriter.Client, query *bigquery.Client, o SinkOptions
 	if err != nil {
 		return nil, fmt.Errorf("prediction schema: %w", err)
 	}
-	fields, err := fieldsOf(md)
-	if err != nil {
-		return nil, err
-	}
-	return &Sink{writer: writer, query: query, schema: dp, message: md, fields: fields, timeout: o.CallTimeout,
+	return &Sink{writer: writer, query: query, schema: dp, message: md, rows: rf, timeout: o.CallTimeout,
 		parent:  managedwriter.TableParentFromParts(o.Project, o.Dataset, o.Table),
 		sqlName: fmt.Sprintf("`%s.%s.%s`", o.Project, o.Dataset, o.Table), table: [3]string{o.Project, o.Dataset, o.Table}}, nil
 }
@@ -145,7 +169,7 @@ func (s *Sink) Stage(ctx context.Context, batchID string, epoch int64, rows []sy
 		return "", nil
 	}
 	data, err := s.encode(batchID, epoch, rows)
-	if err != nil {
+	if err != nil || len(data) == 0 {
 		return "", err
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
@@ -167,7 +191,7 @@ func (s *Sink) Stage(ctx context.Context, batchID string, epoch int64, rows []sy
 		return "", classifyRPC(ctx, op+": append", err)
 	}
 	if resp, rerr := res.FullResponse(ctx); len(resp.GetRowErrors()) > 0 {
-		return "", rowErrors(op, rows, resp.GetRowErrors())
+		return "", rowErrors(op, s.rows.SchemaFile, rows, resp.GetRowErrors())
 	} else if _, err := res.GetResult(ctx); err != nil {
 		return "", classifyRPC(ctx, op+": append", errors.Join(err, rerr))
 	}
@@ -175,14 +199,37 @@ func (s *Sink) Stage(ctx context.Context, batchID string, epoch int64, rows []sy
 	if err != nil {
 		return "", classifyRPC(ctx, op+": finalize", err)
 	}
-	if n != int64(len(rows)) {
-		return "", fmt.Errorf("%s: the finalized stream holds %d rows, not %d: %w", op, n, len(rows), systems.ErrUnavailable)
+	if n != int64(len(data)) {
+		return "", fmt.Errorf("%s: the finalized stream holds %d rows, not %d: %w", op, n, len(data), systems.ErrUnavailable)
+	}
+	if len(data) != len(rows) {
+		// Some predictions are not rows of this table: the token carries
+		// how many are, for the verification of a forgotten stream.
+		return fmt.Sprintf("%s#%d", ws.GetName(), len(data)), nil
 	}
 	return ws.GetName(), nil
 }
 
+// parseToken splits a stage token into the stream's name and, when the
+// stage left predictions out, its row count (else rows).
+func parseToken(token string, rows int) (string, int, error) {
+	name, count, ok := strings.Cut(token, "#")
+	if !ok {
+		return token, rows, nil
+	}
+	n, err := strconv.Atoi(count)
+	if err != nil || n < 0 {
+		return "", 0, fmt.Errorf("stage token %q: bad row count: %w", token, systems.ErrPermanent)
+	}
+	return name, n, nil
+}
+
 // Commit implements systems.Stager.
 func (s *Sink) Commit(ctx context.Context, batchID, token string, players []string, rows int) error {
+	token, rows, err := parseToken(token, rows)
+	if err != nil {
+		return err
+	}
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	op := "commit " + token
@@ -241,7 +288,7 @@ func (s *Sink) verify(ctx context.Context, op, batchID string, players []string,
 
 // rowErrors names the rows and columns BigQuery refused (the schema
 // drifted): permanent, retrying sends the same rows again.
-func rowErrors(op string, rows []systems.Prediction, errs []*storagepb.RowError) error {
+func rowErrors(op, schemaFile string, rows []systems.Prediction, errs []*storagepb.RowError) error {
 	var b strings.Builder
 	for i, re := range errs {
 		if i == 3 {
@@ -257,8 +304,8 @@ func rowErrors(op string, rows []systems.Prediction, errs []*storagepb.RowError)
 		}
 		fmt.Fprintf(&b, "row %d%s: %s", re.GetIndex(), key, re.GetMessage())
 	}
-	return fmt.Errorf("%s: BigQuery refused rows (does the table still have the schema of deploy/bigquery/predictions_schema.json?): %s: %w",
-		op, b.String(), systems.ErrPermanent)
+	return fmt.Errorf("%s: BigQuery refused rows (does the table still have the schema of %s?): %s: %w",
+		op, schemaFile, b.String(), systems.ErrPermanent)
 }
 
 // classifyRPC wraps a Storage Write API error so the engine knows whether to
@@ -278,77 +325,135 @@ func classifyRPC(ctx context.Context, op string, err error) error {
 	return fmt.Errorf("%s: %w: %w", op, systems.ErrUnavailable, err)
 }
 
-// rowFields are the prediction message's fields, looked up once.
-type rowFields struct {
-	batchID, gameDate, gameID, player, system, points, confidence, recommendation, line, fallback,
-	fallbackFrom, fallbackReason, producedBy, failed, failureReason, modelVersion, createdAt, epoch,
-	writtenAt protoreflect.FieldDescriptor
-}
-
-func fieldsOf(md protoreflect.MessageDescriptor) (rowFields, error) {
-	var f rowFields
-	var missing []string
-	get := func(name string) protoreflect.FieldDescriptor {
-		fd := md.Fields().ByName(protoreflect.Name(name))
-		if fd == nil {
-			missing = append(missing, name)
+// predictionRows is the format of the predictions table of
+// deploy/bigquery/predictions_schema.json: every prediction, failure
+// records included.
+var predictionRows = RowFormat{Schema: PredictionSchema, SchemaFile: "deploy/bigquery/predictions_schema.json",
+	Row: func(r *systems.Prediction, epoch int64, writtenAt time.Time) (map[string]any, error) {
+		d, err := civil.ParseDate(r.GameDate)
+		if err != nil {
+			return nil, fmt.Errorf("game date %q: %w", r.GameDate, err)
 		}
-		return fd
-	}
-	f = rowFields{batchID: get("batch_id"), gameDate: get("game_date"), gameID: get("game_id"), player: get("player_lookup"),
-		system: get("system_id"), points: get("predicted_points"), confidence: get("confidence"),
-		recommendation: get("recommendation"), line: get("line"), fallback: get("fallback"),
-		fallbackFrom: get("fallback_from"), fallbackReason: get("fallback_reason"), producedBy: get("produced_by"),
-		failed: get("failed"), failureReason: get("failure_reason"), modelVersion: get("model_version"),
-		createdAt: get("created_at"), epoch: get("epoch"), writtenAt: get("written_at")}
-	if len(missing) > 0 {
-		return f, fmt.Errorf("prediction schema lacks %s", strings.Join(missing, ", "))
-	}
-	return f, nil
-}
+		row := map[string]any{"batch_id": r.BatchID, "game_date": d, "game_id": r.GameID,
+			"player_lookup": r.PlayerLookup, "system_id": r.SystemID, "predicted_points": r.PredictedPoints,
+			"confidence": r.Confidence, "recommendation": string(r.Recommendation), "fallback": r.Fallback,
+			"fallback_from": r.FallbackFrom, "fallback_reason": r.FallbackReason, "produced_by": r.ProducedBy,
+			"failed": r.Failed, "failure_reason": r.FailureReason, "model_version": r.ModelVersion,
+			"created_at": r.CreatedAt, "epoch": epoch, "written_at": writtenAt}
+		if r.Line != nil {
+			row["line"] = *r.Line
+		}
+		return row, nil
+	}}
 
-// encode turns rows into the serialized proto messages the Write API takes.
+// encode turns rows into the serialized proto messages the Write API takes
+// (the predictions the row format leaves out are not among them).
 func (s *Sink) encode(batchID string, epoch int64, rows []systems.Prediction) ([][]byte, error) {
-	now := time.Now().UnixMicro()
-	out := make([][]byte, len(rows))
+	now := time.Now()
+	out := make([][]byte, 0, len(rows))
 	for i := range rows {
 		r := &rows[i]
 		if r.BatchID != batchID {
 			return nil, fmt.Errorf("row for batch %q in a write for %q", r.BatchID, batchID)
 		}
-		d, err := civil.ParseDate(r.GameDate)
+		vals, err := s.rows.Row(r, epoch, now)
 		if err != nil {
-			return nil, fmt.Errorf("row %s/%s: game date %q: %w", r.PlayerLookup, r.SystemID, r.GameDate, err)
+			return nil, fmt.Errorf("row %s/%s: %w: %w", r.PlayerLookup, r.SystemID, err, systems.ErrPermanent)
+		}
+		if vals == nil {
+			continue
 		}
 		m := dynamicpb.NewMessage(s.message)
-		f := &s.fields
-		str := func(fd protoreflect.FieldDescriptor, v string) { m.Set(fd, protoreflect.ValueOfString(v)) }
-		str(f.batchID, r.BatchID)
-		m.Set(f.gameDate, protoreflect.ValueOfInt32(int32(d.DaysSince(civil.Date{Year: 1970, Month: 1, Day: 1}))))
-		str(f.gameID, r.GameID)
-		str(f.player, r.PlayerLookup)
-		str(f.system, r.SystemID)
-		m.Set(f.points, protoreflect.ValueOfFloat64(r.PredictedPoints))
-		m.Set(f.confidence, protoreflect.ValueOfFloat64(r.Confidence))
-		str(f.recommendation, string(r.Recommendation))
-		if r.Line != nil {
-			m.Set(f.line, protoreflect.ValueOfFloat64(*r.Line))
+		for name, v := range vals {
+			fd := s.message.Fields().ByName(protoreflect.Name(name))
+			if fd == nil {
+				return nil, fmt.Errorf("row %s/%s: column %s is not in the schema: %w", r.PlayerLookup, r.SystemID, name, systems.ErrPermanent)
+			}
+			if err := setField(m, fd, v); err != nil {
+				return nil, fmt.Errorf("row %s/%s: column %s: %w: %w", r.PlayerLookup, r.SystemID, name, err, systems.ErrPermanent)
+			}
 		}
-		m.Set(f.fallback, protoreflect.ValueOfBool(r.Fallback))
-		str(f.fallbackFrom, r.FallbackFrom)
-		str(f.fallbackReason, r.FallbackReason)
-		str(f.producedBy, r.ProducedBy)
-		m.Set(f.failed, protoreflect.ValueOfBool(r.Failed))
-		str(f.failureReason, r.FailureReason)
-		str(f.modelVersion, r.ModelVersion)
-		m.Set(f.createdAt, protoreflect.ValueOfInt64(r.CreatedAt.UnixMicro()))
-		m.Set(f.epoch, protoreflect.ValueOfInt64(epoch))
-		m.Set(f.writtenAt, protoreflect.ValueOfInt64(now))
 		b, err := proto.Marshal(m)
 		if err != nil {
 			return nil, fmt.Errorf("encode row %s/%s: %w", r.PlayerLookup, r.SystemID, err)
 		}
-		out[i] = b
+		out = append(out, b)
+	}
+	return out, nil
+}
+
+var epochDay = civil.Date{Year: 1970, Month: 1, Day: 1}
+
+// setField sets one column of a row message from a Go value, in the
+// encoding the Storage Write API takes for the column's type.
+func setField(m *dynamicpb.Message, fd protoreflect.FieldDescriptor, v any) error {
+	var pv protoreflect.Value
+	want := fd.Kind()
+	switch x := v.(type) {
+	case nil:
+		return nil
+	case string:
+		pv, want = protoreflect.ValueOfString(x), protoreflect.StringKind
+	case float64:
+		if fd.Kind() != protoreflect.BytesKind {
+			pv, want = protoreflect.ValueOfFloat64(x), protoreflect.DoubleKind
+			break
+		}
+		b, err := NumericBytes(x) // a NUMERIC column
+		if err != nil {
+			return err
+		}
+		pv = protoreflect.ValueOfBytes(b)
+	case int64:
+		pv, want = protoreflect.ValueOfInt64(x), protoreflect.Int64Kind
+	case bool:
+		pv, want = protoreflect.ValueOfBool(x), protoreflect.BoolKind
+	case civil.Date:
+		pv, want = protoreflect.ValueOfInt32(int32(x.DaysSince(epochDay))), protoreflect.Int32Kind
+	case time.Time:
+		pv, want = protoreflect.ValueOfInt64(x.UnixMicro()), protoreflect.Int64Kind
+	case []int64:
+		if !fd.IsList() || fd.Kind() != protoreflect.Int64Kind {
+			return fmt.Errorf("a list of integers does not fit a %s column", fd.Kind())
+		}
+		l := m.NewField(fd).List()
+		for _, e := range x {
+			l.Append(protoreflect.ValueOfInt64(e))
+		}
+		m.Set(fd, protoreflect.ValueOfList(l))
+		return nil
+	default:
+		return fmt.Errorf("a %T cannot be written", v)
+	}
+	if fd.Kind() != want || fd.IsList() {
+		return fmt.Errorf("a %T does not fit a %s column", v, fd.Kind())
+	}
+	m.Set(fd, pv)
+	return nil
+}
+
+// NumericBytes encodes v as a BigQuery NUMERIC for the Storage Write API:
+// the value scaled by 10^9, as a little-endian two's-complement integer.
+func NumericBytes(v float64) ([]byte, error) {
+	if math.IsNaN(v) || math.IsInf(v, 0) || math.Abs(v) >= 1e29 {
+		return nil, fmt.Errorf("%g is not a NUMERIC", v)
+	}
+	n, ok := new(big.Int).SetString(strings.Replace(strconv.FormatFloat(v, 'f', 9, 64), ".", "", 1), 10)
+	if !ok {
+		return nil, fmt.Errorf("%g is not a NUMERIC", v)
+	}
+	neg := n.Sign() < 0
+	if neg { // two's complement: 2^(8k) - |n|
+		k := (n.BitLen()/8 + 1)
+		n.Add(new(big.Int).Lsh(big.NewInt(1), uint(8*k)), n)
+	}
+	be := n.Bytes()
+	if !neg && (len(be) == 0 || be[0]&0x80 != 0) {
+		be = append([]byte{0}, be...)
+	}
+	out := make([]byte, len(be))
+	for i, b := range be {
+		out[len(be)-1-i] = b
 	}
 	return out, nil
 }
@@ -370,7 +475,7 @@ func (s *Sink) Check(ctx context.Context) error {
 	}
 	want := map[string]bool{}
 	var wrong []string
-	for _, f := range PredictionSchema {
+	for _, f := range s.rows.Schema {
 		want[f.Name] = true
 		t, ok := have[f.Name]
 		switch {
@@ -388,8 +493,8 @@ func (s *Sink) Check(ctx context.Context) error {
 		}
 	}
 	if len(wrong) > 0 {
-		return fmt.Errorf("predictions table %s does not have deploy/bigquery/predictions_schema.json: %s: %w",
-			name, strings.Join(wrong, "; "), systems.ErrPermanent)
+		return fmt.Errorf("predictions table %s does not have the schema of %s: %s: %w",
+			name, s.rows.SchemaFile, strings.Join(wrong, "; "), systems.ErrPermanent)
 	}
 	return nil
 }
