@@ -19,9 +19,9 @@ import (
 	"regexp"
 	"sort"
 	"time"
-	_ "time/tzdata" // America/New_York without the host's zoneinfo (distroless)
 
 	"github.com/predworker/predworker/logging"
+	"github.com/predworker/predworker/profile/phase5/contract"
 	"github.com/predworker/predworker/state"
 	"github.com/predworker/predworker/systems"
 	"github.com/predworker/predworker/worker"
@@ -56,18 +56,10 @@ type Trigger struct {
 }
 
 var (
-	eastern       = mustLocation("America/New_York")
+	eastern       = contract.Eastern()
 	prefixPattern = regexp.MustCompile(`^[A-Za-z0-9_]{0,64}$`)
 	modePattern   = regexp.MustCompile(`^[A-Za-z0-9_]{1,32}$`)
 )
-
-func mustLocation(name string) *time.Location {
-	l, err := time.LoadLocation(name)
-	if err != nil {
-		panic(err) // time/tzdata is linked in: cannot happen
-	}
-	return l
-}
 
 func (t *Trigger) now() time.Time {
 	if t.Now != nil {

@@ -296,3 +296,16 @@ func (s *Source) Check(ctx context.Context) error {
 	}
 	return nil
 }
+
+// RunQuery runs a parameterized query under timeout and hands its rows to
+// each (nil for a statement): errors leave classified as this package's
+// are (systems.ErrUnavailable or systems.ErrPermanent). For other adapters
+// on the same client (the pipeline profile's).
+func RunQuery(ctx context.Context, client *bigquery.Client, timeout time.Duration, op, sql string,
+	params []bigquery.QueryParameter, each func(it *bigquery.RowIterator) error) error {
+	return runQuery(ctx, client, timeout, op, sql, params, each)
+}
+
+// DateParam is the @game_date parameter of date (systems.ErrUnknownDate
+// when it is not a date).
+func DateParam(date string) (bigquery.QueryParameter, error) { return dateParam(date) }

@@ -14,6 +14,7 @@ import (
 	"cloud.google.com/go/bigquery"
 	"google.golang.org/api/option"
 
+	"github.com/predworker/predworker/internal/bqfake"
 	"github.com/predworker/predworker/systems"
 	bq "github.com/predworker/predworker/systems/bigquery"
 )
@@ -98,7 +99,8 @@ func schemaFile(t *testing.T) []map[string]string {
 func TestSinkCheckFindsASchemaThatWouldRefuseRows(t *testing.T) {
 	t.Parallel()
 	f, client := newTablesBQ(t)
-	s, err := bq.NewSink(newFakeWrite(t, &fakeWrite{}), client, bq.SinkOptions{Project: "pred-proj", Dataset: "nba",
+	_, addr := bqfake.ServeWrite(t)
+	s, err := bq.NewSink(bqfake.WriteClient(t, addr), client, bq.SinkOptions{Project: "pred-proj", Dataset: "nba",
 		Table: "predictions", CallTimeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)

@@ -263,7 +263,7 @@ func (s *Sink) Commit(ctx context.Context, batchID, token string, players []stri
 func (s *Sink) verify(ctx context.Context, op, batchID string, players []string, rows int) error {
 	var n int64
 	err := runQuery(ctx, s.query, s.timeout, op+": count the chunk's rows",
-		"SELECT COUNT(*) AS n FROM "+s.sqlName+" WHERE batch_id = @batch_id AND player_lookup IN UNNEST(@players)",
+		"-- predworker:count\nSELECT COUNT(*) AS n FROM "+s.sqlName+" WHERE batch_id = @batch_id AND player_lookup IN UNNEST(@players)",
 		[]bigquery.QueryParameter{{Name: "batch_id", Value: batchID}, {Name: "players", Value: players}},
 		func(it *bigquery.RowIterator) error {
 			var row struct {

@@ -16,6 +16,7 @@ import (
 
 	"cloud.google.com/go/bigquery"
 
+	"github.com/predworker/predworker/internal/bqfake"
 	"github.com/predworker/predworker/state"
 	statesqlite "github.com/predworker/predworker/state/sqlite"
 	"github.com/predworker/predworker/systems"
@@ -58,10 +59,10 @@ func (c *countBQ) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		"totalRows":    "1", "rows": []any{map[string]any{"f": []any{map[string]any{"v": fmt.Sprint(c.n.Load())}}}}})
 }
 
-func newWriteSink(t *testing.T, timeout time.Duration) (*bq.Sink, *fakeWrite, *countBQ) {
+func newWriteSink(t *testing.T, timeout time.Duration) (*bq.Sink, *bqfake.Write, *countBQ) {
 	t.Helper()
-	fw := &fakeWrite{}
-	writer := newFakeWrite(t, fw)
+	fw, addr := bqfake.ServeWrite(t)
+	writer := bqfake.WriteClient(t, addr)
 	cb := &countBQ{t: t}
 	query := restClient(t, cb)
 	s, err := bq.NewSink(writer, query, bq.SinkOptions{Project: "pred-proj", Dataset: "nba", Table: "predictions", CallTimeout: timeout})
@@ -94,7 +95,7 @@ func TestStagedRowsAppearOnlyOnCommit(t *testing.T) {
 	if err != nil || token == "" {
 		t.Fatalf("stage = %q, %v", token, err)
 	}
-	if n := len(fw.rows()); n != 0 {
+	if n := len(fw.Rows()); n != 0 {
 		t.Fatalf("%d rows visible before the commit", n)
 	}
 	for range 2 {
@@ -102,7 +103,7 @@ func TestStagedRowsAppearOnlyOnCommit(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	got := fw.rows()
+	got := fw.Rows()
 	if len(got) != 4 {
 		t.Fatalf("%d rows after two commits, want 4", len(got))
 	}
@@ -119,7 +120,7 @@ func TestStagedRowsAppearOnlyOnCommit(t *testing.T) {
 func TestRowErrorsArePermanentAndNameTheColumn(t *testing.T) {
 	t.Parallel()
 	s, fw, _ := newWriteSink(t, 10*time.Second)
-	fw.rowError = "fallback_reason"
+	fw.Fault(bqfake.Faults{RefuseRows: "fallback_reason"})
 	_, err := s.Stage(t.Context(), "b1", 1, predictionRows("b1", "x"))
 	if !errors.Is(err, systems.ErrPermanent) || !strings.Contains(err.Error(), "fallback_reason") ||
 		worker.Classify(err) != worker.ClassDependency {
@@ -141,7 +142,7 @@ func TestForgottenStreamIsVerifiedAgainstTheTable(t *testing.T) {
 	if err := s.Commit(t.Context(), "b1", token, []string{"x", "y"}, 4); err != nil {
 		t.Fatal(err)
 	}
-	fw.forget(token) // garbage collected since
+	fw.Forget(token) // garbage collected since
 	cb.n.Store(4)
 	if err := s.Commit(t.Context(), "b1", token, []string{"x", "y"}, 4); err != nil {
 		t.Fatalf("commit of a committed, forgotten stream = %v", err)
@@ -150,13 +151,13 @@ func TestForgottenStreamIsVerifiedAgainstTheTable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fw.forget(lost) // expired before anyone committed it
+	fw.Forget(lost) // expired before anyone committed it
 	cb.n.Store(0)
 	if err := s.Commit(t.Context(), "b1", lost, []string{"z"}, 2); !errors.Is(err, systems.ErrStagedRowsLost) ||
 		!worker.Classify(err).Permanent() {
 		t.Fatalf("commit of a lost stream = %v, want ErrStagedRowsLost", err)
 	}
-	if n := len(fw.rows()); n != 4 || cb.queries.Load() != 2 {
+	if n := len(fw.Rows()); n != 4 || cb.queries.Load() != 2 {
 		t.Fatalf("%d rows and %d verification queries, want 4 and 2", n, cb.queries.Load())
 	}
 }
@@ -222,7 +223,7 @@ func (c *chaos) firstOfChunk(i int) string {
 func TestSinkExactlyOnceAcrossCrashesAndTakeover(t *testing.T) {
 	t.Parallel()
 	sink, fw, _ := newWriteSink(t, 2*time.Second)
-	fw.dropAck = 1 // the first append lands, its answer never comes
+	fw.Fault(bqfake.Faults{DropAcks: 1}) // the first append lands, its answer never comes
 	st, err := statesqlite.New(t.Context(), filepath.Join(t.TempDir(), "state.db"), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -287,7 +288,7 @@ func TestSinkExactlyOnceAcrossCrashesAndTakeover(t *testing.T) {
 	}
 	seen := map[string]int{}
 	var stored state.Progress
-	for _, r := range fw.rows() {
+	for _, r := range fw.Rows() {
 		seen[fmt.Sprint(r["player_lookup"], "/", r["system_id"])]++
 		switch {
 		case r["failed"] == true:
@@ -309,7 +310,7 @@ func TestSinkExactlyOnceAcrossCrashesAndTakeover(t *testing.T) {
 	if len(seen) != 22 {
 		t.Errorf("%d keys in the table, want 22 (the stale owner's must not be there)", len(seen))
 	}
-	created, committed := fw.streamCounts()
+	created, committed := fw.StreamCounts()
 	t.Logf("%d pending streams created, %d committed", created, committed)
 	// chunk 0 twice (the lost answer), chunk 1 by the first and the second
 	// owner, the stale owner's, chunk 2: 6 staged; one per chunk committed.

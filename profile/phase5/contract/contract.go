@@ -1,4 +1,10 @@
-package phase5
+// Package contract is the replaced pipeline stage's rules, as ORIGIN.md
+// states them: the feature store's index → name mapping, the feature sets
+// of its models, defaults, checks and the quality gate, sportsbook lines,
+// the fleet's calls and confidence, prediction ids and actionability, and
+// the model registry's rows. Pure functions over plain values: the profile's
+// adapters (phase5bq, fleet) and its trigger share them.
+package contract
 
 import (
 	"fmt"
@@ -6,6 +12,8 @@ import (
 	"math"
 	"slices"
 	"strings"
+	"time"
+	_ "time/tzdata" // America/New_York without the host's zoneinfo (distroless)
 
 	"github.com/google/uuid"
 )
@@ -165,6 +173,22 @@ func Vector(names []string, named map[string]float64, x []float64) []float64 {
 	}
 	return x
 }
+
+var eastern = mustLocation("America/New_York")
+
+func mustLocation(name string) *time.Location {
+	l, err := time.LoadLocation(name)
+	if err != nil {
+		panic(err) // time/tzdata is linked in: cannot happen
+	}
+	return l
+}
+
+// Eastern is America/New_York, the stage's calendar.
+func Eastern() *time.Location { return eastern }
+
+// Today is the date of now in America/New_York.
+func Today(now time.Time) string { return now.In(eastern).Format(time.DateOnly) }
 
 // Gate modes (ORIGIN.md §1).
 const (

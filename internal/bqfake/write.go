@@ -1,13 +1,17 @@
-package bigquery_test
+// Package bqfake holds BigQuery test doubles: an in-process Storage Write
+// API server (Write) and a REST query endpoint that answers from tables the
+// test fills (Query). Tests of the BigQuery adapters, and end-to-end tests
+// that point the real binary at them, use them; nothing else does.
+package bqfake
 
 import (
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"sync"
-	"testing"
 
 	"cloud.google.com/go/bigquery/storage/apiv1/storagepb"
 	"cloud.google.com/go/bigquery/storage/managedwriter"
@@ -25,38 +29,61 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
-// fakeWrite is an in-process BigQueryWrite server with the documented
+// TB is the part of testing.TB the doubles use.
+type TB interface {
+	Helper()
+	Errorf(format string, args ...any)
+	Fatal(args ...any)
+	Cleanup(func())
+	Context() context.Context
+}
+
+// Write is an in-process BigQueryWrite server with the documented
 // semantics of pending streams: appends at an offset (ALREADY_EXISTS for an
 // offset already written, OUT_OF_RANGE beyond the end), finalize, and an
 // atomic BatchCommitWriteStreams (STREAM_ALREADY_COMMITTED,
 // STREAM_NOT_FOUND, INVALID_STREAM_STATE). Committed rows land in table,
 // decoded with the writer's schema.
-type fakeWrite struct {
+type Write struct {
 	storagepb.UnimplementedBigQueryWriteServer
-	t  testing.TB
+	t  TB
 	mu sync.Mutex
 	// streams by name; table holds the committed rows.
-	streams map[string]*fakeStream
+	streams map[string]*stream
 	table   []map[string]any
 	seq     int
-	// Faults: dropAck swallows the answer of this many appends (the rows
-	// land; the client hears nothing and times out); rowError refuses
-	// every row naming this column; failCommit answers this many commits
-	// with Unavailable.
+	// Faults (set with Fault): dropAck swallows the answer of this many
+	// appends (the rows land; the client hears nothing and times out);
+	// rowError refuses every row naming this column; failCommit answers
+	// this many commits with Unavailable.
 	dropAck    int
 	rowError   string
 	failCommit int
 	commits    int
 }
 
-type fakeStream struct {
+// Faults are the failures a Write server injects.
+type Faults struct {
+	DropAcks    int    // appends whose rows land but whose answer is lost
+	RefuseRows  string // refuse every row, naming this column
+	FailCommits int    // commits answered Unavailable
+}
+
+// Fault sets the failures to inject from now on.
+func (f *Write) Fault(x Faults) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.dropAck, f.rowError, f.failCommit = x.DropAcks, x.RefuseRows, x.FailCommits
+}
+
+type stream struct {
 	rows      [][]byte
 	schema    *descriptorpb.DescriptorProto
 	finalized bool
 	committed bool
 }
 
-func (f *fakeWrite) CreateWriteStream(_ context.Context, req *storagepb.CreateWriteStreamRequest) (*storagepb.WriteStream, error) {
+func (f *Write) CreateWriteStream(_ context.Context, req *storagepb.CreateWriteStreamRequest) (*storagepb.WriteStream, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if req.GetWriteStream().GetType() != storagepb.WriteStream_PENDING {
@@ -65,13 +92,13 @@ func (f *fakeWrite) CreateWriteStream(_ context.Context, req *storagepb.CreateWr
 	f.seq++
 	name := fmt.Sprintf("%s/streams/s%d", req.GetParent(), f.seq)
 	if f.streams == nil {
-		f.streams = map[string]*fakeStream{}
+		f.streams = map[string]*stream{}
 	}
-	f.streams[name] = &fakeStream{}
+	f.streams[name] = &stream{}
 	return &storagepb.WriteStream{Name: name, Type: storagepb.WriteStream_PENDING, CreateTime: timestamppb.Now()}, nil
 }
 
-func (f *fakeWrite) GetWriteStream(_ context.Context, req *storagepb.GetWriteStreamRequest) (*storagepb.WriteStream, error) {
+func (f *Write) GetWriteStream(_ context.Context, req *storagepb.GetWriteStreamRequest) (*storagepb.WriteStream, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if _, ok := f.streams[req.GetName()]; !ok {
@@ -80,7 +107,7 @@ func (f *fakeWrite) GetWriteStream(_ context.Context, req *storagepb.GetWriteStr
 	return &storagepb.WriteStream{Name: req.GetName(), Type: storagepb.WriteStream_PENDING}, nil
 }
 
-func (f *fakeWrite) AppendRows(srv storagepb.BigQueryWrite_AppendRowsServer) error {
+func (f *Write) AppendRows(srv storagepb.BigQueryWrite_AppendRowsServer) error {
 	name := ""
 	var schema *descriptorpb.DescriptorProto
 	for {
@@ -106,7 +133,7 @@ func (f *fakeWrite) AppendRows(srv storagepb.BigQueryWrite_AppendRowsServer) err
 	}
 }
 
-func (f *fakeWrite) append(name string, schema *descriptorpb.DescriptorProto, req *storagepb.AppendRowsRequest) (*storagepb.AppendRowsResponse, bool) {
+func (f *Write) append(name string, schema *descriptorpb.DescriptorProto, req *storagepb.AppendRowsRequest) (*storagepb.AppendRowsResponse, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	fail := func(c codes.Code, msg string) (*storagepb.AppendRowsResponse, bool) {
@@ -151,7 +178,7 @@ func (f *fakeWrite) append(name string, schema *descriptorpb.DescriptorProto, re
 		AppendResult: &storagepb.AppendRowsResponse_AppendResult{Offset: wrapperspb.Int64(at)}}, WriteStream: name}, true
 }
 
-func (f *fakeWrite) FinalizeWriteStream(_ context.Context, req *storagepb.FinalizeWriteStreamRequest) (*storagepb.FinalizeWriteStreamResponse, error) {
+func (f *Write) FinalizeWriteStream(_ context.Context, req *storagepb.FinalizeWriteStreamRequest) (*storagepb.FinalizeWriteStreamResponse, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	s, ok := f.streams[req.GetName()]
@@ -162,7 +189,7 @@ func (f *fakeWrite) FinalizeWriteStream(_ context.Context, req *storagepb.Finali
 	return &storagepb.FinalizeWriteStreamResponse{RowCount: int64(len(s.rows))}, nil
 }
 
-func (f *fakeWrite) BatchCommitWriteStreams(_ context.Context, req *storagepb.BatchCommitWriteStreamsRequest) (*storagepb.BatchCommitWriteStreamsResponse, error) {
+func (f *Write) BatchCommitWriteStreams(_ context.Context, req *storagepb.BatchCommitWriteStreamsRequest) (*storagepb.BatchCommitWriteStreamsResponse, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.commits++
@@ -195,15 +222,15 @@ func (f *fakeWrite) BatchCommitWriteStreams(_ context.Context, req *storagepb.Ba
 	return &storagepb.BatchCommitWriteStreamsResponse{CommitTime: timestamppb.Now()}, nil
 }
 
-// forget drops a stream, as BigQuery's garbage collection would.
-func (f *fakeWrite) forget(name string) {
+// Forget drops a stream, as BigQuery's garbage collection would.
+func (f *Write) Forget(name string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	delete(f.streams, name)
 }
 
-// streamCounts returns how many streams were created and committed.
-func (f *fakeWrite) streamCounts() (created, committed int) {
+// StreamCounts returns how many streams were created and committed.
+func (f *Write) StreamCounts() (created, committed int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, s := range f.streams {
@@ -214,14 +241,26 @@ func (f *fakeWrite) streamCounts() (created, committed int) {
 	return f.seq, committed
 }
 
-// rows returns the committed rows.
-func (f *fakeWrite) rows() []map[string]any {
+// Rows returns copies of the committed rows.
+func (f *Write) Rows() []map[string]any {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return append([]map[string]any(nil), f.table...)
+	out := make([]map[string]any, len(f.table))
+	for i, r := range f.table {
+		out[i] = maps.Clone(r)
+	}
+	return out
 }
 
-func (f *fakeWrite) decode(schema *descriptorpb.DescriptorProto, raw []byte) map[string]any {
+// Update lets fn change the committed rows (a DML statement of a query
+// double), under the server's lock.
+func (f *Write) Update(fn func(rows []map[string]any) []map[string]any) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.table = fn(f.table)
+}
+
+func (f *Write) decode(schema *descriptorpb.DescriptorProto, raw []byte) map[string]any {
 	fd, err := protodesc.NewFile(&descriptorpb.FileDescriptorProto{Name: proto.String("row.proto"),
 		Syntax: proto.String("proto2"), MessageType: []*descriptorpb.DescriptorProto{schema}}, nil)
 	if err != nil {
@@ -241,11 +280,11 @@ func (f *fakeWrite) decode(schema *descriptorpb.DescriptorProto, raw []byte) map
 	return out
 }
 
-// newFakeWrite serves f on a loopback port and returns a managedwriter
-// client talking to it.
-func newFakeWrite(t *testing.T, f *fakeWrite) *managedwriter.Client {
+// ServeWrite serves a new Write server on a loopback port until the test
+// ends and returns it with its address.
+func ServeWrite(t TB) (*Write, string) {
 	t.Helper()
-	f.t = t
+	f := &Write{t: t}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -254,7 +293,13 @@ func newFakeWrite(t *testing.T, f *fakeWrite) *managedwriter.Client {
 	storagepb.RegisterBigQueryWriteServer(srv, f)
 	go func() { _ = srv.Serve(ln) }()
 	t.Cleanup(srv.Stop)
-	client, err := managedwriter.NewClient(t.Context(), "run-proj", option.WithEndpoint(ln.Addr().String()),
+	return f, ln.Addr().String()
+}
+
+// WriteClient returns a managedwriter client talking to the server at addr.
+func WriteClient(t TB, addr string) *managedwriter.Client {
+	t.Helper()
+	client, err := managedwriter.NewClient(t.Context(), "run-proj", option.WithEndpoint(addr),
 		option.WithoutAuthentication(), option.WithGRPCDialOption(grpc.WithTransportCredentials(insecure.NewCredentials())))
 	if err != nil {
 		t.Fatal(err)
