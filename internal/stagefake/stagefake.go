@@ -27,10 +27,10 @@ import (
 // Context is a row of upcoming_player_game_context.
 type Context struct {
 	Player, UPID, GameID, Team, Opponent, Status string
-	Home, ProductionReady, HasLine                bool
-	Minutes                                       float64
-	DaysRest                                      int64
-	CreatedAt                                     time.Time
+	Home, ProductionReady, HasLine               bool
+	Minutes                                      float64
+	DaysRest                                     int64
+	CreatedAt                                    time.Time
 }
 
 // Feature is a row of ml_feature_store_v2 (Values[i] is feature_i_value;
