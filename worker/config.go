@@ -135,7 +135,9 @@ func setDefault[T int | uint32 | float64 | time.Duration](v *T, d T) {
 }
 
 // Validate rejects contradictory settings, and overrides naming systems that
-// are not in ids, with a message naming the variable.
+// are not in ids, with a message naming the variable. A nil ids means the
+// systems are not known before they load (a model registry's fleet): the
+// names are not checked.
 func (c Config) Validate(ids []string) error {
 	positive := []struct {
 		name string
@@ -168,7 +170,7 @@ func (c Config) Validate(ids []string) error {
 		return fmt.Errorf("BREAKER_FAILURES must be at least 1 (got %d)", c.BreakerFailures)
 	}
 	known := func(name, id string) error {
-		if !slices.Contains(ids, id) {
+		if ids != nil && !slices.Contains(ids, id) {
 			return fmt.Errorf("%s names unknown system %q (running: %s)", name, id, strings.Join(ids, ", "))
 		}
 		return nil

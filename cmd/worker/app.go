@@ -34,6 +34,7 @@ import (
 	eventssqlite "github.com/predworker/predworker/events/sqlite"
 	"github.com/predworker/predworker/logging"
 	"github.com/predworker/predworker/profile/phase5"
+	"github.com/predworker/predworker/profile/phase5/fleet"
 	"github.com/predworker/predworker/state"
 	statefirestore "github.com/predworker/predworker/state/firestore"
 	statesqlite "github.com/predworker/predworker/state/sqlite"
@@ -77,6 +78,12 @@ type app struct {
 	checks   []api.Check
 	tracer   *tracing.Provider
 	features systems.FeatureSource
+	systems  *systems.Registry
+	log      *slog.Logger
+	// The pipeline profile's shared clients and fleet (PROFILE=phase5).
+	bq     *bigquery.Client
+	writer *managedwriter.Client
+	fleet  *fleet.Fleet
 }
 
 func (a *app) check(name string, run func(ctx context.Context) error) {
@@ -104,7 +111,7 @@ func newApp(ctx context.Context, cfg *Config, log *slog.Logger) (_ *app, err err
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("DATA_DIR %s: %w", cfg.DataDir, err)
 	}
-	a := &app{registry: prometheus.NewRegistry(), publisher: events.LogPublisher{Log: log}}
+	a := &app{registry: prometheus.NewRegistry(), publisher: events.LogPublisher{Log: log}, systems: registry, log: log}
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, a.Close())
@@ -212,6 +219,9 @@ func newDeadLetters(ctx context.Context, cfg *Config) (deadLetterStore, error) {
 // openSink opens the configured prediction sink (and its reader, when the
 // sink can be read back).
 func (a *app) openSink(ctx context.Context, cfg *Config) (systems.Sink, error) {
+	if cfg.PredictionSink == "phase5" {
+		return a.phase5Sink(ctx, cfg)
+	}
 	if cfg.PredictionSink != "bigquery" {
 		s, err := sinksqlite.New(ctx, filepath.Join(cfg.DataDir, "predictions.db"))
 		if err != nil {
@@ -222,16 +232,10 @@ func (a *app) openSink(ctx context.Context, cfg *Config) (systems.Sink, error) {
 		a.check("prediction sink (sqlite): reachable", s.Ping)
 		return s, nil
 	}
-	writer, err := managedwriter.NewClient(ctx, cfg.Project)
+	writer, query, err := a.bigQuery(ctx, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("bigquery storage write client: %w", err)
+		return nil, err
 	}
-	a.onClose(writer.Close)
-	query, err := bigquery.NewClient(ctx, cfg.Project)
-	if err != nil {
-		return nil, fmt.Errorf("bigquery client: %w", err)
-	}
-	a.onClose(query.Close)
 	sink, err := bqsource.NewSink(writer, query, bqsource.SinkOptions{Project: cfg.PredictionsProject, Dataset: cfg.PredictionsDataset,
 		Table: cfg.PredictionsTable, CallTimeout: cfg.BigQueryTimeout})
 	if err != nil {
@@ -256,6 +260,8 @@ func (a *app) openFeatureSource(ctx context.Context, cfg *Config) (systems.Featu
 			return err
 		})
 		return src, nil
+	case "phase5":
+		return a.phase5Source(ctx, cfg)
 	case "local":
 		a.check("feature source (the bundled league): has a slate", func(ctx context.Context) error {
 			_, err := league.Lazy{}.Slate(ctx, "2025-01-15")
@@ -263,11 +269,10 @@ func (a *app) openFeatureSource(ctx context.Context, cfg *Config) (systems.Featu
 		})
 		return league.Lazy{}, nil
 	}
-	client, err := bigquery.NewClient(ctx, cfg.Project) // one shared client per process
+	_, client, err := a.bigQuery(ctx, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("bigquery client: %w", err)
+		return nil, err
 	}
-	a.onClose(client.Close)
 	src, err := bqsource.New(client, bqsource.Options{TableProject: cfg.FeaturesProject, Dataset: cfg.FeaturesDataset,
 		Table: cfg.FeaturesTable, CallTimeout: cfg.BigQueryTimeout})
 	if err != nil {
@@ -376,6 +381,12 @@ func serve(ctx context.Context, stopSignals func(), cfg *Config, log *slog.Logge
 	go func() { serveErr <- srv.Serve(ln) }()
 	log.Info("serving", slog.String("addr", ln.Addr().String()), slog.String("owner", a.engine.Owner()))
 
+	if a.fleet != nil { // the model registry's fleet: loaded now, refreshed every MODEL_CACHE_TTL_SECONDS
+		go func() {
+			_ = a.fleet.Refresh(ctx) // logged inside; /start answers 503 until a model is loaded
+			a.fleet.Run(ctx)
+		}()
+	}
 	sweepCtx, stopSweep := context.WithCancel(context.Background())
 	sweepDone := make(chan struct{})
 	go func() { defer close(sweepDone); a.runner.SweepLoop(sweepCtx) }()
@@ -419,6 +430,9 @@ func (a *app) profileRoutes(cfg *Config, log *slog.Logger) []api.Route {
 		return nil
 	}
 	t := &phase5.Trigger{Runner: a.runner, Store: a.store, Features: a.features, Logger: log}
+	if a.fleet != nil {
+		t.Systems = a.fleet.IDs
+	}
 	return []api.Route{{Method: http.MethodPost, Path: "/start", Handler: t.Start},
 		{Method: http.MethodGet, Path: "/status", Handler: t.Status}}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -41,12 +42,28 @@ type Config struct {
 	StateStore    string `env:"STATE_STORE, default=sqlite"`
 	FeatureSource string `env:"FEATURE_SOURCE, default=local"`
 	// Profile switches on a pipeline profile: "phase5" serves the replaced
-	// stage's POST /start and GET /status and publishes its completion
-	// message (ORIGIN.md, docs/migrating.md). Empty: none.
-	Profile        string `env:"PROFILE"`
-	PredictionSink string `env:"PREDICTION_SINK, default=sqlite"`
-	Events         string `env:"EVENTS, default=log"`
-	Project        string `env:"GOOGLE_CLOUD_PROJECT"`
+	// stage's POST /start and GET /status, reads its tables, serves its
+	// model registry's fleet, writes its output table and publishes its
+	// completion message (ORIGIN.md, docs/migrating.md). FEATURE_SOURCE,
+	// PREDICTION_SINK and SYSTEMS are then the profile's. Empty: none.
+	Profile string `env:"PROFILE"`
+	// The profile's settings: the project of the stage's datasets
+	// (GCP_PROJECT_ID of the replaced services; default
+	// GOOGLE_CLOUD_PROJECT), the fleet's refresh period, the feature
+	// validation floor, and what goes into build_commit_sha and
+	// deployment_revision.
+	Phase5Project        string  `env:"PHASE5_PROJECT"`
+	ModelCacheTTLSeconds int     `env:"MODEL_CACHE_TTL_SECONDS, default=14400"`
+	MinQualityThreshold  float64 `env:"PREDICTION_MIN_QUALITY_THRESHOLD, default=50"`
+	BuildCommit          string  `env:"BUILD_COMMIT"`
+	Revision             string  `env:"K_REVISION"` // set by Cloud Run
+	// BigQuery endpoints other than Google's (an emulator, a test double):
+	// the REST API and the Storage Write API (host:port, plaintext).
+	BigQueryEndpoint      string `env:"BIGQUERY_API_ENDPOINT"`
+	BigQueryWriteEndpoint string `env:"BIGQUERY_WRITE_ENDPOINT"`
+	PredictionSink        string `env:"PREDICTION_SINK, default=sqlite"`
+	Events  string `env:"EVENTS, default=log"`
+	Project string `env:"GOOGLE_CLOUD_PROJECT"`
 	// Firestore: database id and a collection prefix, so several deployments
 	// or test runs can share one database.
 	FirestoreDatabase string `env:"FIRESTORE_DATABASE, default=(default)"`
@@ -221,19 +238,28 @@ func (c *Config) validateServer() error {
 }
 
 func (c *Config) validateBackends() error {
+	if err := oneOf("PROFILE", c.Profile, "", "phase5"); err != nil {
+		return err
+	}
+	if err := c.validateProfile(); err != nil {
+		return err
+	}
 	for _, e := range []error{
 		oneOf("STATE_STORE", c.StateStore, "sqlite", "firestore"),
-		oneOf("FEATURE_SOURCE", c.FeatureSource, "local", "bigquery", "gamelogs"),
-		oneOf("PREDICTION_SINK", c.PredictionSink, "sqlite", "bigquery"),
+		oneOf("FEATURE_SOURCE", c.FeatureSource, "local", "bigquery", "gamelogs", "phase5"),
+		oneOf("PREDICTION_SINK", c.PredictionSink, "sqlite", "bigquery", "phase5"),
 		oneOf("EVENTS", c.Events, "log", "pubsub"),
-		oneOf("PROFILE", c.Profile, "", "phase5"),
 	} {
 		if e != nil {
 			return e
 		}
 	}
+	if c.Profile == "" && (c.FeatureSource == "phase5" || c.PredictionSink == "phase5") {
+		return fmt.Errorf("FEATURE_SOURCE=phase5 and PREDICTION_SINK=phase5 come with PROFILE=phase5")
+	}
 	needsProject := map[string]bool{
 		"STATE_STORE=firestore": c.StateStore == "firestore", "EVENTS=pubsub": c.Events == "pubsub",
+		"PROFILE=phase5": c.Profile == "phase5",
 		"FEATURE_SOURCE=bigquery": c.FeatureSource == "bigquery", "PREDICTION_SINK=bigquery": c.PredictionSink == "bigquery",
 		"PUSH_CONTINUATION_TOPIC is": c.ContinuationTopic != "", "TRACES=cloudtrace": c.Traces == "cloudtrace",
 	}
@@ -273,6 +299,30 @@ func (c *Config) validateBackends() error {
 	if !prefixPattern.MatchString(c.FirestorePrefix) {
 		return fmt.Errorf("FIRESTORE_PREFIX must be up to 64 characters of A-Z, a-z, 0-9, _ and - (got %q)", c.FirestorePrefix)
 	}
+	return nil
+}
+
+// validateProfile resolves PROFILE=phase5: the stage's tables are the
+// feature source and the sink, its registry the systems.
+func (c *Config) validateProfile() error {
+	if c.Profile != "phase5" {
+		if c.Phase5Project != "" {
+			return fmt.Errorf("PHASE5_PROJECT is read only with PROFILE=phase5")
+		}
+		return nil
+	}
+	switch {
+	case len(c.Systems) > 0:
+		return fmt.Errorf("SYSTEMS is not read with PROFILE=phase5: the systems are the model_registry's fleet")
+	case c.ModelCacheTTLSeconds < 60:
+		return fmt.Errorf("MODEL_CACHE_TTL_SECONDS must be at least 60 (got %d)", c.ModelCacheTTLSeconds)
+	case c.MinQualityThreshold < 0 || c.MinQualityThreshold > 100:
+		return fmt.Errorf("PREDICTION_MIN_QUALITY_THRESHOLD must be from 0 to 100 (got %g)", c.MinQualityThreshold)
+	case c.BigQueryTimeout <= 0:
+		return fmt.Errorf("BIGQUERY_TIMEOUT must be a positive duration (got %s)", c.BigQueryTimeout)
+	}
+	c.FeatureSource, c.PredictionSink = "phase5", "phase5"
+	c.Phase5Project = cmp.Or(c.Phase5Project, c.Project)
 	return nil
 }
 
@@ -320,6 +370,15 @@ func (c *Config) validateCloudRun() error {
 // systems this build has and the ones SYSTEMS enables, and the engine's
 // settings, before anything is opened or loaded.
 func (c *Config) validateSystems() error {
+	if c.Profile == "phase5" {
+		// The fleet's ids are known once the registry is read: settings
+		// naming systems are checked against it then, not here.
+		if len(c.SystemFallbacks) > 0 && !maps.Equal(c.SystemFallbacks, defaultFallbacks()) || len(c.SystemThresholds) > 0 {
+			return fmt.Errorf("SYSTEM_FALLBACKS and SYSTEM_THRESHOLDS are not read with PROFILE=phase5 (the fleet has no fallbacks; its calls are the stage's)")
+		}
+		c.SystemFallbacks = nil
+		return c.Config.Validate(nil)
+	}
 	enabled, err := c.enabledSystems()
 	if err != nil {
 		return err
@@ -377,6 +436,7 @@ func (c *Config) LogValue() slog.Value {
 		slog.Int("operator_tokens", len(c.OperatorTokens)), slog.Bool("allow_unauthenticated", c.AllowUnauthenticated),
 		slog.Bool("allow_embedded_on_cloud_run", c.AllowEmbeddedOnCloudRun),
 		slog.String("push_budget", c.PushBudget.String()), slog.Int("max_delivery_attempts", c.MaxAttempts),
-		slog.String("bigquery_timeout", c.BigQueryTimeout.String()),
+		slog.String("bigquery_timeout", c.BigQueryTimeout.String()), slog.String("profile", c.Profile),
+		slog.String("phase5_project", c.Phase5Project), slog.Int("model_cache_ttl_seconds", c.ModelCacheTTLSeconds),
 	)
 }

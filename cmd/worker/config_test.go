@@ -59,6 +59,13 @@ func TestConfigRejects(t *testing.T) {
 		{map[string]string{"LOG_FORMAT": "xml"}, "LOG_FORMAT"},
 		{map[string]string{"TRACES": "jaeger"}, "TRACES"},
 		{map[string]string{"PROFILE": "phase4"}, "PROFILE"},
+		{map[string]string{"PROFILE": "phase5"}, "GOOGLE_CLOUD_PROJECT must be set when PROFILE=phase5"},
+		{map[string]string{"PROFILE": "phase5", "GOOGLE_CLOUD_PROJECT": "p", "SYSTEMS": "moving_average"}, "SYSTEMS is not read with PROFILE=phase5"},
+		{map[string]string{"PROFILE": "phase5", "GOOGLE_CLOUD_PROJECT": "p", "MODEL_CACHE_TTL_SECONDS": "5"}, "MODEL_CACHE_TTL_SECONDS"},
+		{map[string]string{"PROFILE": "phase5", "GOOGLE_CLOUD_PROJECT": "p", "PREDICTION_MIN_QUALITY_THRESHOLD": "101"}, "PREDICTION_MIN_QUALITY_THRESHOLD"},
+		{map[string]string{"PROFILE": "phase5", "GOOGLE_CLOUD_PROJECT": "p", "SYSTEM_THRESHOLDS": "moving_average=1:50"}, "not read with PROFILE=phase5"},
+		{map[string]string{"FEATURE_SOURCE": "phase5"}, "come with PROFILE=phase5"},
+		{map[string]string{"PHASE5_PROJECT": "p"}, "PHASE5_PROJECT is read only with PROFILE=phase5"},
 		{map[string]string{"TRACE_SAMPLE_RATIO": "1.5"}, "TRACE_SAMPLE_RATIO"},
 		{map[string]string{"TRACES": "cloudtrace"}, "TRACES=cloudtrace"},
 		{map[string]string{"LOG_LEVEL": "loud"}, "LOG_LEVEL"},
@@ -85,6 +92,19 @@ func TestConfigRejects(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%v: err = %v, want one naming %s", tc.env, err, tc.want)
 		}
+	}
+}
+
+func TestConfigOfThePipelineProfile(t *testing.T) {
+	t.Parallel()
+	c, err := LoadConfig(t.Context(), envconfig.MapLookuper(map[string]string{"PROFILE": "phase5",
+		"GOOGLE_CLOUD_PROJECT": "run-project", "SYSTEM_TIMEOUTS": "lgbm_v12_noveg_a=2s"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.FeatureSource != "phase5" || c.PredictionSink != "phase5" || c.Phase5Project != "run-project" ||
+		c.ModelCacheTTLSeconds != 14400 || c.MinQualityThreshold != 50 || len(c.SystemFallbacks) != 0 {
+		t.Errorf("profile config = %+v", c)
 	}
 }
 

@@ -51,7 +51,12 @@ type Trigger struct {
 	Runner   *worker.Runner
 	Store    state.Store
 	Features systems.FeatureSource
-	Now      func() time.Time // nil: time.Now
+	// Systems are the systems a batch runs (the model fleet's ids); nil:
+	// the engine's default, every registered system. A batch is refused
+	// (503) while it returns none: a fleet that failed to load is an
+	// outage, never a batch of zero models.
+	Systems func() []string
+	Now     func() time.Time // nil: time.Now
 	Logger   *slog.Logger
 }
 
@@ -156,9 +161,17 @@ func (t *Trigger) Start(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	var sys []string
+	if t.Systems != nil {
+		if sys = t.Systems(); len(sys) == 0 {
+			w.Header().Set("Retry-After", "30")
+			writeJSON(w, http.StatusServiceUnavailable, errorBody("no model of model_registry is loaded yet (see worker doctor and the model fleet's logs)"))
+			return
+		}
+	}
 	id := fmt.Sprintf("batch_%s_%d", date, now.Unix())
 	out, err := t.Runner.Do(ctx, worker.Job{BatchID: id, Request: &state.Request{GameDate: date, CorrelationID: corr,
-		RunMode: mode, DatasetPrefix: req.DatasetPrefix}})
+		RunMode: mode, DatasetPrefix: req.DatasetPrefix, Systems: sys}})
 	switch {
 	case errors.Is(err, systems.ErrNoGames):
 		writeJSON(w, http.StatusOK, map[string]any{"status": "no_games_scheduled", "game_date": date,
@@ -217,7 +230,8 @@ func progress(b state.Batch) map[string]any {
 // players, teams, line coverage), from the features of the batch's players.
 func (t *Trigger) summary(ctx context.Context, b state.Batch) (map[string]any, error) {
 	s := map[string]any{"game_date": b.Request.GameDate, "total_players": b.ItemCount()}
-	feats, err := t.Features.Features(ctx, b.Request.GameDate, b.Items)
+	feats, err := t.Features.Features(systems.WithScope(ctx, systems.Scope{RunMode: b.Request.RunMode,
+		DatasetPrefix: b.Request.DatasetPrefix}), b.Request.GameDate, b.Items)
 	if err != nil {
 		return s, err
 	}
