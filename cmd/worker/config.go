@@ -62,8 +62,8 @@ type Config struct {
 	BigQueryEndpoint      string `env:"BIGQUERY_API_ENDPOINT"`
 	BigQueryWriteEndpoint string `env:"BIGQUERY_WRITE_ENDPOINT"`
 	PredictionSink        string `env:"PREDICTION_SINK, default=sqlite"`
-	Events  string `env:"EVENTS, default=log"`
-	Project string `env:"GOOGLE_CLOUD_PROJECT"`
+	Events                string `env:"EVENTS, default=log"`
+	Project               string `env:"GOOGLE_CLOUD_PROJECT"`
 	// Firestore: database id and a collection prefix, so several deployments
 	// or test runs can share one database.
 	FirestoreDatabase string `env:"FIRESTORE_DATABASE, default=(default)"`
@@ -259,7 +259,7 @@ func (c *Config) validateBackends() error {
 	}
 	needsProject := map[string]bool{
 		"STATE_STORE=firestore": c.StateStore == "firestore", "EVENTS=pubsub": c.Events == "pubsub",
-		"PROFILE=phase5": c.Profile == "phase5",
+		"PROFILE=phase5":          c.Profile == "phase5",
 		"FEATURE_SOURCE=bigquery": c.FeatureSource == "bigquery", "PREDICTION_SINK=bigquery": c.PredictionSink == "bigquery",
 		"PUSH_CONTINUATION_TOPIC is": c.ContinuationTopic != "", "TRACES=cloudtrace": c.Traces == "cloudtrace",
 	}

@@ -57,7 +57,7 @@ type Trigger struct {
 	// outage, never a batch of zero models.
 	Systems func() []string
 	Now     func() time.Time // nil: time.Now
-	Logger   *slog.Logger
+	Logger  *slog.Logger
 }
 
 var (
