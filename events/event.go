@@ -30,6 +30,7 @@ type Event struct {
 	Predictions   int    `json:"predictions"`
 	Fallbacks     int    `json:"fallbacks"`
 	FailedItems   int    `json:"failed_items"`
+	FailedPlayers int    `json:"failed_players"`
 	Attempt       int    `json:"attempt"`
 	DurationMS    int64  `json:"duration_ms"`
 	Error         string `json:"error,omitempty"`

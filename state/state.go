@@ -115,7 +115,10 @@ type Progress struct {
 	DoneItems   int `json:"done_items"`
 	Predictions int `json:"predictions"`
 	Fallbacks   int `json:"fallbacks"`
-	FailedItems int `json:"failed_items"`
+	FailedItems int `json:"failed_items"` // failure records: (player, system) rows no system could fill
+	// FailedPlayers are the players without a single prediction (every
+	// one of their rows a failure record).
+	FailedPlayers int `json:"failed_players"`
 	// SinkToken is the sink's handle on the last checkpointed chunk's rows
 	// when the sink makes them visible only after the checkpoint (the
 	// BigQuery sink's pending write stream); "" otherwise.
@@ -126,12 +129,13 @@ type Progress struct {
 // replaces p's.
 func (p Progress) Add(c Progress) Progress {
 	return Progress{
-		DoneChunks:  p.DoneChunks + c.DoneChunks,
-		DoneItems:   p.DoneItems + c.DoneItems,
-		Predictions: p.Predictions + c.Predictions,
-		Fallbacks:   p.Fallbacks + c.Fallbacks,
-		FailedItems: p.FailedItems + c.FailedItems,
-		SinkToken:   c.SinkToken,
+		DoneChunks:    p.DoneChunks + c.DoneChunks,
+		DoneItems:     p.DoneItems + c.DoneItems,
+		Predictions:   p.Predictions + c.Predictions,
+		Fallbacks:     p.Fallbacks + c.Fallbacks,
+		FailedItems:   p.FailedItems + c.FailedItems,
+		FailedPlayers: p.FailedPlayers + c.FailedPlayers,
+		SinkToken:     c.SinkToken,
 	}
 }
 
@@ -197,7 +201,7 @@ func (b Batch) CompletionEvent(st Status, errMsg string, now time.Time) events.E
 		GameDate: b.Request.GameDate, CorrelationID: b.Request.CorrelationID, RunMode: b.Request.RunMode,
 		DatasetPrefix: b.Request.DatasetPrefix, TotalItems: b.ItemCount(),
 		DoneItems: b.DoneItems, Predictions: b.Predictions, Fallbacks: b.Fallbacks, FailedItems: b.FailedItems,
-		Attempt: b.Attempt, DurationMS: now.Sub(b.CreatedAt).Milliseconds(), Error: errMsg, Warning: b.Warning(st),
+		FailedPlayers: b.FailedPlayers, Attempt: b.Attempt, DurationMS: now.Sub(b.CreatedAt).Milliseconds(), Error: errMsg, Warning: b.Warning(st),
 		At: now.UTC(),
 	}
 }

@@ -226,6 +226,23 @@ type Registry struct {
 	mu        sync.RWMutex
 	systems   map[string]System
 	fallbacks map[string]string
+	loading   bool
+}
+
+// SetLoading marks the registry as still being filled (a model fleet that
+// has not loaded yet): a system it lacks meanwhile may yet come, so the
+// engine retries a batch naming one later instead of failing it.
+func (r *Registry) SetLoading(loading bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.loading = loading
+}
+
+// Loading reports whether the registry is still being filled.
+func (r *Registry) Loading() bool {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.loading
 }
 
 // NewRegistry returns an empty registry.

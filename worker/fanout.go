@@ -121,7 +121,7 @@ func (f *fanout) predict(ctx context.Context, b state.Batch, items []string, fea
 	f.call(ctx, p, log)
 	f.combine(ctx, p, log)
 	p.failed.log(log)
-	return p.rows, f.tally(p.rows, len(items))
+	return p.rows, f.tally(p.rows, len(items), len(p.sys))
 }
 
 // plan lays out the rows: failure records for players without valid
@@ -271,8 +271,13 @@ func (f *fanout) contain(row *systems.Prediction, log *slog.Logger) {
 }
 
 // tally counts the chunk's rows into a progress delta and the metrics.
-func (f *fanout) tally(rows []systems.Prediction, items int) state.Progress {
+func (f *fanout) tally(rows []systems.Prediction, items, perItem int) state.Progress {
 	delta := state.Progress{DoneChunks: 1, DoneItems: items}
+	for i := range items { // rows are laid out item by item
+		if perItem > 0 && !slices.ContainsFunc(rows[i*perItem:(i+1)*perItem], func(r systems.Prediction) bool { return !r.Failed }) {
+			delta.FailedPlayers++
+		}
+	}
 	for i := range rows {
 		r := &rows[i]
 		outcome := "ok"

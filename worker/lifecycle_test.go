@@ -159,6 +159,45 @@ func TestBatchNeedingAMissingSystemFailsAtClaim(t *testing.T) {
 	}
 }
 
+// While the registry is still loading (a model fleet's first read), a batch
+// naming a system it lacks is neither refused as invalid nor failed: the
+// request is unavailable for now, the claimed batch is released, and it runs
+// once the system is there.
+func TestBatchWaitsForSystemsStillLoading(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil, nil) // moving_average and zone_matchup_v1
+	old := b.engine(t, Config{Owner: "old"})
+	if _, _, err := old.Submit(t.Context(), "waits", state.Request{GameDate: "2025-01-15", Players: players(t, 3)}); err != nil {
+		t.Fatal(err)
+	}
+	reg := systems.NewRegistry()
+	reg.SetLoading(true)
+	reg.Register(movingavg.New(), "")
+	e, err := New(Config{Owner: "new"}, Deps{Store: b.store, Features: b.features, Sink: b.sink, Registry: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := e.Submit(t.Context(), "", state.Request{GameDate: "2025-01-15", Systems: []string{zonematchup.ID}}); Classify(err) != ClassUnavailable {
+		t.Errorf("a request naming a system still loading: %v (class %s), want unavailable", err, Classify(err))
+	}
+	r := NewRunner(e)
+	t.Cleanup(func() { r.Drain(5 * time.Second) })
+	out, err := r.Do(t.Context(), Job{BatchID: "waits", Here: true})
+	if out.Kind == Failed {
+		t.Fatalf("a batch waiting for a loading system failed: %+v, %v", out, err)
+	}
+	got, err := b.store.Get(t.Context(), "waits")
+	if err != nil || got.Status == state.StatusFailed || got.DoneChunks != 0 {
+		t.Fatalf("after the claim: %+v, %v", got, err)
+	}
+	reg.Register(zonematchup.New(), "")
+	reg.SetLoading(false)
+	out, err = r.Do(t.Context(), Job{BatchID: "waits", Here: true})
+	if err != nil || out.Kind != Completed {
+		t.Fatalf("once loaded: %+v, %v", out, err)
+	}
+}
+
 // MAX_RUNNING_BATCHES caps the batches one process runs: a job beyond it
 // starts nothing (the batch waits, pending, for room), and a sweep claims
 // only as many orphans as there is room for.

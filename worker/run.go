@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -120,7 +121,11 @@ func (e *Engine) RunClaimed(ctx context.Context, b state.Batch, opts RunOptions)
 			out, err = r.b, e.fail(ctx, r.b, r.guard.lease(), newPanicError(v), log)
 		}
 	}()
-	if missing := e.missingSystems(b); len(missing) > 0 {
+	if missing := e.missingSystems(b); len(missing) > 0 && e.registry.Loading() {
+		// The systems are still loading (a model fleet's first read): let
+		// the batch wait, released, for a later claim.
+		return e.stopped(ctx, r, fmt.Errorf("systems %s are not loaded yet: %w", strings.Join(missing, ", "), systems.ErrUnavailable))
+	} else if len(missing) > 0 {
 		return r.b, e.fail(ctx, r.b, r.guard.lease(), &MissingSystemsError{Missing: missing, Running: e.registry.IDs()}, log)
 	}
 	if err := e.commitLast(r); err != nil {

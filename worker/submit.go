@@ -50,6 +50,9 @@ func (e *Engine) validateRequest(r state.Request) error {
 		}
 	}
 	for _, s := range r.Systems {
+		if !e.registry.Has(s) && e.registry.Loading() {
+			return fmt.Errorf("system %.40q is not loaded yet: %w", s, systems.ErrUnavailable)
+		}
 		if !e.registry.Has(s) {
 			return &InputError{Field: "systems", Message: fmt.Sprintf("unknown system %.40q (known: %s)", s, strings.Join(e.registry.IDs(), ", "))}
 		}

@@ -51,10 +51,10 @@ type Phase5Metadata struct {
 }
 
 // Phase5Message builds the message of a completion event. Players that
-// "reported" are those with at least one prediction (not only failure
-// records).
+// "reported" are those with at least one prediction; records_failed counts
+// those without any (every row a failure record).
 func Phase5Message(ev events.Event) Phase5Completion {
-	completed := max(0, ev.DoneItems-ev.FailedItems)
+	completed := max(0, ev.DoneItems-ev.FailedPlayers)
 	status := "success"
 	switch {
 	case ev.Type == events.TypeBatchFailed:
@@ -76,7 +76,7 @@ func Phase5Message(ev events.Event) Phase5Completion {
 	}
 	return Phase5Completion{ProcessorName: "PredictionCoordinator", Phase: "phase_5_predictions", ExecutionID: ev.BatchID,
 		CorrelationID: corr, GameDate: ev.GameDate, OutputTable: "player_prop_predictions", OutputDataset: dataset,
-		Status: status, RecordCount: completed, RecordsFailed: ev.FailedItems,
+		Status: status, RecordCount: completed, RecordsFailed: ev.FailedPlayers,
 		Timestamp: ev.At.UTC().Format(time.RFC3339Nano), DurationSeconds: float64(ev.DurationMS) / 1000,
 		TriggerSource: "automatic",
 		Metadata: Phase5Metadata{BatchID: ev.BatchID, ExpectedPlayers: ev.TotalItems, CompletedPlayers: completed,

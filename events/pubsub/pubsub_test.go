@@ -293,7 +293,8 @@ func TestPhase5CompletionMessage(t *testing.T) {
 		GameDate: "2026-01-15", CorrelationID: "abc12345", TotalItems: 200, DoneItems: 200, Predictions: 1000, At: at,
 		DurationMS: 93500}
 	partial := base
-	partial.ID, partial.FailedItems, partial.CorrelationID, partial.DatasetPrefix = "e2", 10, "", "test"
+	// Ten players without a prediction: 50 failure records over five systems.
+	partial.ID, partial.FailedItems, partial.FailedPlayers, partial.CorrelationID, partial.DatasetPrefix = "e2", 50, 10, "", "test"
 	failed := base
 	failed.ID, failed.Type, failed.DoneItems, failed.Predictions = "e3", events.TypeBatchFailed, 50, 250
 	for _, ev := range []events.Event{base, partial, failed} {

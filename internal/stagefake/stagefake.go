@@ -70,8 +70,16 @@ type Stage struct {
 	Registry []map[string]any
 	Write    *bqfake.Write
 
-	mu   sync.Mutex
-	fail map[string]int // tag → queries to answer 503
+	mu     sync.Mutex
+	fail   map[string]int // tag → queries to answer 503
+	tables sync.RWMutex   // Handle reads the tables under it; Edit changes them
+}
+
+// Edit changes the tables while no query reads them.
+func (s *Stage) Edit(fn func(s *Stage)) {
+	s.tables.Lock()
+	defer s.tables.Unlock()
+	fn(s)
 }
 
 // FailNext answers the next n queries tagged tag with 503 backendError.
@@ -94,6 +102,8 @@ func (s *Stage) Handle(req bqfake.Request) (*bqfake.Result, error) {
 		return nil, &bqfake.Error{Code: http.StatusServiceUnavailable, Reason: "backendError", Message: "injected"}
 	}
 	s.mu.Unlock()
+	s.tables.RLock()
+	defer s.tables.RUnlock()
 	if d := req.Str("game_date"); d != "" && d != s.Date {
 		return s.empty(tag)
 	}

@@ -273,6 +273,6 @@ func (t *Trigger) Status(w http.ResponseWriter, r *http.Request) {
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"batch_id": b.ID, "game_date": b.Request.GameDate, "state": b.Status,
 		"is_complete": b.Status == state.StatusCompleted || b.Status == state.StatusFailed, "progress": progress(b),
-		"total_predictions": b.Predictions, "failed_players": b.FailedItems, "correlation_id": b.Request.CorrelationID,
+		"total_predictions": b.Predictions, "failed_players": b.FailedPlayers, "correlation_id": b.Request.CorrelationID,
 		"prediction_run_mode": b.Request.RunMode})
 }

@@ -157,6 +157,7 @@ type chunkDoc struct {
 	Predictions int64      `firestore:"predictions"`
 	Fallbacks   int64      `firestore:"fallbacks"`
 	FailedItems int64      `firestore:"failed_items"`
+	FailedPlay  int64      `firestore:"failed_players"`
 	SinkToken   string     `firestore:"sink_token"`
 	Owner       string     `firestore:"owner"`
 	Epoch       int64      `firestore:"epoch"`
@@ -204,7 +205,8 @@ func (d *batchDoc) batch() (state.Batch, error) {
 
 func (c *chunkDoc) progress() state.Progress {
 	return state.Progress{DoneChunks: int(c.DoneChunks), DoneItems: int(c.DoneItems),
-		Predictions: int(c.Predictions), Fallbacks: int(c.Fallbacks), FailedItems: int(c.FailedItems), SinkToken: c.SinkToken}
+		Predictions: int(c.Predictions), Fallbacks: int(c.Fallbacks), FailedItems: int(c.FailedItems),
+		FailedPlayers: int(c.FailedPlay), SinkToken: c.SinkToken}
 }
 
 // ---------------------------------------------------------------------------
@@ -664,7 +666,7 @@ func (s *Store) Checkpoint(ctx context.Context, id string, l state.Lease, p stat
 		expire := now.Add(s.opts.Retention) // batches finish long before their chunks expire
 		cd := &chunkDoc{Chunk: int64(chunk), DoneChunks: int64(p.DoneChunks), DoneItems: int64(p.DoneItems),
 			Predictions: int64(p.Predictions), Fallbacks: int64(p.Fallbacks), FailedItems: int64(p.FailedItems),
-			SinkToken: p.SinkToken, Owner: l.Owner, Epoch: l.Epoch, CommittedAt: now.UnixNano(), ExpireAt: &expire}
+			FailedPlay: int64(p.FailedPlayers), SinkToken: p.SinkToken, Owner: l.Owner, Epoch: l.Epoch, CommittedAt: now.UnixNano(), ExpireAt: &expire}
 		if err := tx.Create(s.chunkRef(id, chunk), cd); err != nil {
 			return err
 		}

@@ -67,7 +67,7 @@ func migrate(ctx context.Context, db *sql.DB) error {
 		return err
 	}
 	if err := sqlitedb.EnsureColumns(ctx, db, "batches", [][2]string{{"total_items", "INTEGER NOT NULL DEFAULT -1"},
-		{"sink_token", "TEXT NOT NULL DEFAULT ''"}}); err != nil {
+		{"sink_token", "TEXT NOT NULL DEFAULT ''"}, {"failed_players", "INTEGER NOT NULL DEFAULT 0"}}); err != nil {
 		return err
 	}
 	if _, err := db.ExecContext(ctx, `UPDATE batches SET total_items = json_array_length(items) WHERE total_items < 0`); err != nil {
@@ -119,7 +119,7 @@ func fromNanos(n int64) time.Time {
 const columns = `id, request, fingerprint,
 	(SELECT i.items FROM batch_items i WHERE i.batch_id = batches.id), status, done_chunks, done_items, predictions,
 	fallbacks, failed_items, attempt, lease_owner, lease_epoch, lease_expires, heartbeat_at,
-	error, created_at, updated_at, completed_at, total_items, sink_token`
+	error, created_at, updated_at, completed_at, total_items, sink_token, failed_players`
 
 // summaryColumns are the columns without the item list (List, Orphans).
 var summaryColumns = strings.Replace(columns, "(SELECT i.items FROM batch_items i WHERE i.batch_id = batches.id)", "'null'", 1)
@@ -135,7 +135,7 @@ func scanBatch(sc scanner) (state.Batch, error) {
 	)
 	err := sc.Scan(&b.ID, &req, &b.Fingerprint, &items, &status, &b.DoneChunks, &b.DoneItems,
 		&b.Predictions, &b.Fallbacks, &b.FailedItems, &b.Attempt, &b.Lease.Owner, &b.Lease.Epoch,
-		&expires, &hb, &b.Error, &created, &updated, &compl, &b.TotalItems, &b.SinkToken)
+		&expires, &hb, &b.Error, &created, &updated, &compl, &b.TotalItems, &b.SinkToken, &b.FailedPlayers)
 	if errors.Is(err, sql.ErrNoRows) {
 		return b, state.ErrNotFound
 	}
@@ -331,11 +331,11 @@ func (s *Store) Checkpoint(ctx context.Context, id string, l state.Lease, p stat
 	now := s.clock.Now()
 	old := l
 	l.ExpiresAt = now.Add(ttl)
-	args := []any{p.DoneChunks, p.DoneItems, p.Predictions, p.Fallbacks, p.FailedItems, p.SinkToken,
+	args := []any{p.DoneChunks, p.DoneItems, p.Predictions, p.Fallbacks, p.FailedItems, p.FailedPlayers, p.SinkToken,
 		l.ExpiresAt.UnixNano(), now.UnixNano(), now.UnixNano(), p.DoneChunks - 1}
 	args = append(args, id, l.Owner, l.Epoch)
 	res, err := s.db.ExecContext(ctx, `UPDATE batches SET done_chunks = ?, done_items = ?, predictions = ?,
-		fallbacks = ?, failed_items = ?, sink_token = ?, lease_expires = ?, heartbeat_at = ?, updated_at = ?
+		fallbacks = ?, failed_items = ?, failed_players = ?, sink_token = ?, lease_expires = ?, heartbeat_at = ?, updated_at = ?
 		WHERE done_chunks = ? AND id = ? AND lease_owner = ? AND lease_epoch = ? AND status = 'running'`, args...)
 	if err != nil {
 		return old, fmt.Errorf("checkpoint batch %s: %w", id, err)

@@ -114,6 +114,9 @@ func New(o Options) *Fleet {
 		gauge: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "predworker_fleet_models",
 			Help: "Models of the registry's fleet, by state (loaded, skipped)."}, []string{"state"}),
 	}
+	// Until the first read, batches naming the fleet's models wait instead
+	// of failing for want of them.
+	o.Systems.SetLoading(true)
 	f.breaker = gobreaker.NewCircuitBreaker[any](gobreaker.Settings{Name: "model-registry", Timeout: 30 * time.Second,
 		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= 5 }})
 	if o.Metrics != nil {
@@ -207,6 +210,7 @@ func (f *Fleet) Refresh(ctx context.Context) error {
 	}
 	f.current, f.skipped, f.lastErr, f.loaded = ids, skipped, nil, true
 	f.mu.Unlock()
+	f.o.Systems.SetLoading(false)
 	f.refreshes.WithLabelValues("ok").Inc()
 	f.gauge.WithLabelValues("loaded").Set(float64(len(ids)))
 	f.gauge.WithLabelValues("skipped").Set(float64(len(skipped)))

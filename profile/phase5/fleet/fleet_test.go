@@ -1,14 +1,11 @@
 package fleet_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
-	"fmt"
 	"io"
-	"math/rand/v2"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/predworker/predworker/internal/stagefake"
 	"github.com/predworker/predworker/profile/phase5/contract"
 	"github.com/predworker/predworker/profile/phase5/fleet"
 	"github.com/predworker/predworker/systems"
@@ -45,46 +43,18 @@ func (r *registry) set(err error, entries ...contract.ModelEntry) {
 	r.entries, r.err = entries, err
 }
 
-// LightGBMModel fits a small booster on synthetic rows over the inputs of
-// feature set v12_noveg (points follow the last-five average), written in
-// LightGBM's text format; it returns the file and the fitted model.
+// LightGBMModel is a booster over v12_noveg's inputs, with its fitted model.
 func LightGBMModel(t *testing.T) ([]byte, *gbdt.Model) {
 	t.Helper()
-	names := contract.FeatureSet("v12_noveg")
-	rng := rand.New(rand.NewPCG(1, 2))
-	var X [][]float64
-	var y []float64
-	for range 400 {
-		x := make([]float64, len(names))
-		for j := range x {
-			x[j] = rng.Float64() * 30
-		}
-		X, y = append(X, x), append(y, x[0]+rng.NormFloat64())
-	}
-	m, err := gbdt.Train(X, y, gbdt.TrainConfig{Trees: 20, Depth: 3, LearningRate: 0.3, Bins: 16, MinLeaf: 10})
+	b, m, err := stagefake.LightGBMModel(contract.FeatureSet("v12_noveg"), 1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var b bytes.Buffer
-	if err := m.WriteLightGBM(&b, names); err != nil {
-		t.Fatal(err)
-	}
-	return b.Bytes(), m
+	return b, m
 }
 
-// XGBoostModel is a one-tree XGBoost JSON booster over v12_noveg's inputs:
-// base 10, +5 when points_avg_last_5 (input 0) is under 20, else +15.
-func XGBoostModel(names []string) []byte {
-	quoted := make([]string, len(names))
-	for i, n := range names {
-		quoted[i] = fmt.Sprintf("%q", n)
-	}
-	return fmt.Appendf(nil, `{"learner": {"feature_names": [%s],
-  "gradient_booster": {"name": "gbtree", "model": {"trees": [{"left_children": [1, -1, -1], "right_children": [2, -1, -1],
-    "split_indices": [0, 0, 0], "split_conditions": [20, 5, 15], "default_left": [1, 0, 0], "split_type": [0, 0, 0]}]}},
-  "learner_model_param": {"base_score": "1E1", "num_class": "0", "num_feature": "%d", "num_target": "1"},
-  "objective": {"name": "reg:squarederror"}}, "version": [2, 1, 0]}`, strings.Join(quoted, ", "), len(names))
-}
+// XGBoostModel: base 10, +5 when points_avg_last_5 is under 20, else +15.
+var XGBoostModel = stagefake.XGBoostModel
 
 func sum(b []byte) string {
 	s := sha256.Sum256(b)
@@ -154,8 +124,14 @@ func TestFleetServesLightGBMAndXGBoostAndReportsWhatItLeavesOut(t *testing.T) {
 		contract.ModelEntry{ModelID: "xgb_missing", ModelType: "xgboost", GCSPath: gs("nope.json"), FeatureSet: "v12_noveg"},
 	)
 	f, sysreg, _, metrics := setup(t, reg, map[string][]byte{"lgbm_a.txt": lgb, "xgb_b.json": xgb, "catboost_c.cbm": []byte("CBM1")})
+	if !sysreg.Loading() {
+		t.Error("the systems registry is not marked loading before the first read")
+	}
 	if err := f.Refresh(t.Context()); err != nil {
 		t.Fatal(err)
+	}
+	if sysreg.Loading() {
+		t.Error("the systems registry is still loading after the fleet loaded")
 	}
 	if got := f.IDs(); len(got) != 2 || got[0] != "lgbm_v12_noveg_a" || got[1] != "xgb_v12_noveg_b" {
 		t.Fatalf("fleet = %v", got)
