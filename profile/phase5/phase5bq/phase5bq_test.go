@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"math"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -435,5 +436,26 @@ func TestOutputRowsAndTheActiveRule(t *testing.T) {
 func TestSinkRefusesABadProject(t *testing.T) {
 	if _, err := phase5bq.NewSink(nil, nil, phase5bq.SinkOptions{Project: "x"}); err == nil {
 		t.Error("project x accepted")
+	}
+}
+
+// The migration guide lists every column the sink writes, and the DDL it
+// points to adds the one column the stage's table lacks.
+func TestMigrationGuideNamesEveryColumn(t *testing.T) {
+	guide, err := os.ReadFile("../../../docs/migrating.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range phase5bq.OutputSchema {
+		if !strings.Contains(string(guide), "`"+f.Name+"`") {
+			t.Errorf("docs/migrating.md does not name column %s", f.Name)
+		}
+	}
+	ddl, err := os.ReadFile("../../../deploy/bigquery/phase5_output.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(ddl), "ADD COLUMN IF NOT EXISTS batch_id STRING") {
+		t.Errorf("phase5_output.sql does not add batch_id:\n%s", ddl)
 	}
 }
