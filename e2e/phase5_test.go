@@ -8,6 +8,8 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"os"
+	"os/exec"
 	"slices"
 	"sort"
 	"strings"
@@ -22,6 +24,7 @@ import (
 	"github.com/predworker/predworker/internal/emulator"
 	"github.com/predworker/predworker/internal/stagefake"
 	"github.com/predworker/predworker/profile/phase5/contract"
+	"github.com/predworker/predworker/profile/phase5/phase5bq"
 )
 
 const (
@@ -119,7 +122,28 @@ func TestPipelineProfile(t *testing.T) {
 		{"model_id": "catboost_v12_c", "model_type": "catboost", "gcs_path": "gs://nba-props-platform-models/v12/catboost_v12_c.cbm",
 			"feature_count": 50, "feature_set": "v12_noveg", "status": "active", "enabled": true, "is_production": false, "model_family": "catboost"},
 	}
-	_, queryURL := bqfake.ServeQuery(t, st.Handle)
+	var output []bqfake.Field
+	for _, f := range phase5bq.OutputSchema {
+		mode := map[bool]string{true: "REQUIRED", false: "NULLABLE"}[f.Required]
+		if f.Repeated {
+			mode = "REPEATED"
+		}
+		output = append(output, bqfake.Field{Name: f.Name, Type: string(f.Type), Mode: mode})
+	}
+	tables := map[string][]bqfake.Field{stageProject + ".nba_predictions.player_prop_predictions": output}
+	for table, cols := range map[string]string{
+		"nba_analytics.upcoming_player_game_context": "player_lookup universal_player_id game_id team_abbr opponent_team_abbr home_game " +
+			"days_rest back_to_back avg_minutes_per_game_last_7 game_date created_at player_status is_production_ready has_prop_line",
+		"nba_predictions.ml_feature_store_v2": "player_lookup game_date feature_version feature_0_value feature_quality_score " +
+			"quality_alert_level matchup_quality_pct required_default_count default_feature_count",
+		"nba_raw.odds_api_player_points_props":    "player_lookup game_date points_line bookmaker minutes_before_tipoff snapshot_timestamp",
+		"nba_raw.bettingpros_player_points_props": "player_lookup game_date points_line bookmaker market_type bet_side is_active",
+	} {
+		for _, col := range strings.Fields(cols) {
+			tables[stageProject+"."+table] = append(tables[stageProject+"."+table], bqfake.Field{Name: col, Type: "STRING"})
+		}
+	}
+	_, queryURL := bqfake.ServeQuery(t, st.Handle, tables)
 
 	// The completion topic on the Pub/Sub emulator.
 	ps := pubsubClient(t)
@@ -140,6 +164,28 @@ func TestPipelineProfile(t *testing.T) {
 		"EVENTS=pubsub", "COMPLETION_TOPIC="+complete, "DEAD_LETTER_TOPIC="+dead, "OPERATOR_TOKEN="+operatorToken,
 		"CHUNK_SIZE=4", "FAULTS=system=*,kind=latency,latency=250ms,rate=1", "LEASE_TTL=5s", "HEARTBEAT_INTERVAL=1s",
 		"SWEEP_INTERVAL=1s", "BUILD_COMMIT=e2e-sha")
+	// `worker doctor`: every check passes but the fleet's, which names the
+	// CatBoost model it leaves out, and the input tables', which names the
+	// column the BettingPros table lacks.
+	doctor := exec.CommandContext(ctx, binary, "doctor")
+	doctor.Env = append(append(os.Environ(), "DATA_DIR="+t.TempDir()), c.env...)
+	out, _ := doctor.Output()
+	var failed []string
+	for line := range strings.Lines(string(out)) {
+		if strings.HasPrefix(line, "FAIL") {
+			failed = append(failed, line)
+		}
+	}
+	slices.Sort(failed)
+	if doctor.ProcessState.ExitCode() != 1 || len(failed) != 2 || !strings.Contains(failed[1], "model fleet") ||
+		!strings.Contains(failed[1], "catboost_v12_c") || !strings.Contains(failed[1], "not supported yet") ||
+		!strings.Contains(failed[0], "feature source (phase5)") ||
+		!strings.Contains(failed[0], stageProject+".nba_raw.bettingpros_player_points_props lacks created_at") ||
+		!strings.Contains(string(out), "ok   prediction sink (phase5)") {
+		t.Errorf("worker doctor exited %d:\n%s", doctor.ProcessState.ExitCode(), out)
+	}
+	t.Logf("worker doctor:\n%s", out)
+
 	p := c.start()
 	waitUntil(t, 30*time.Second, "the model fleet loaded", func() bool {
 		return slices.ContainsFunc(p.eventsSnapshot(), func(e event) bool { return e.Message == "model fleet refreshed" })

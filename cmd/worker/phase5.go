@@ -87,6 +87,7 @@ func (a *app) phase5Source(ctx context.Context, cfg *Config) (systems.FeatureSou
 	if err != nil {
 		return nil, err
 	}
+	a.check("feature source (phase5): the stage's input tables have the columns read", src.Check)
 	return src, nil
 }
 

@@ -61,19 +61,26 @@ type Error struct {
 
 func (e *Error) Error() string { return fmt.Sprintf("%d %s: %s", e.Code, e.Reason, e.Message) }
 
-// Query is a BigQuery REST endpoint answering jobs.query with Handle.
+// Query is a BigQuery REST endpoint answering jobs.query with Handle, and
+// tables.get from Tables.
 type Query struct {
-	t        TB
-	Handle   func(Request) (*Result, error)
+	t      TB
+	Handle func(Request) (*Result, error)
+	// Tables are the schemas tables.get answers, by "project.dataset.table"
+	// (set before the first request); any other table is 404.
+	Tables   map[string][]Field
 	mu       sync.Mutex
 	requests []Request
 }
 
 // ServeQuery serves q on a loopback port until the test ends and returns
 // its URL.
-func ServeQuery(t TB, handle func(Request) (*Result, error)) (*Query, string) {
+func ServeQuery(t TB, handle func(Request) (*Result, error), tables ...map[string][]Field) (*Query, string) {
 	t.Helper()
 	q := &Query{t: t, Handle: handle}
+	if len(tables) > 0 {
+		q.Tables = tables[0]
+	}
 	srv := httptest.NewServer(q)
 	t.Cleanup(srv.Close)
 	return q, srv.URL
@@ -112,6 +119,11 @@ type param struct {
 
 func (q *Query) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
+	if parts := strings.Split(strings.Trim(r.URL.Path, "/"), "/"); r.Method == http.MethodGet && len(parts) == 6 &&
+		parts[0] == "projects" && parts[2] == "datasets" && parts[4] == "tables" {
+		q.table(w, parts[1], parts[3], parts[5])
+		return
+	}
 	if r.Method != http.MethodPost || !strings.HasSuffix(r.URL.Path, "/queries") {
 		q.t.Errorf("bqfake: unexpected request %s %s", r.Method, r.URL)
 		w.WriteHeader(http.StatusNotFound)
@@ -153,14 +165,7 @@ func (q *Query) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			"errors": []any{map[string]any{"reason": e.Reason, "message": e.Message}}}})
 		return
 	}
-	fields := []any{}
-	for _, f := range res.Fields {
-		mode := f.Mode
-		if mode == "" {
-			mode = "NULLABLE"
-		}
-		fields = append(fields, map[string]any{"name": f.Name, "type": f.Type, "mode": mode})
-	}
+	fields := schemaFields(res.Fields)
 	rows := []any{}
 	for _, row := range res.Rows {
 		cells := []any{}
@@ -176,6 +181,32 @@ func (q *Query) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		out["numDmlAffectedRows"] = strconv.FormatInt(res.Affected, 10)
 	}
 	_ = json.NewEncoder(w).Encode(out)
+}
+
+// table answers tables.get.
+func (q *Query) table(w http.ResponseWriter, project, dataset, table string) {
+	fields, ok := q.Tables[project+"."+dataset+"."+table]
+	if !ok {
+		w.WriteHeader(http.StatusNotFound)
+		_ = json.NewEncoder(w).Encode(map[string]any{"error": map[string]any{"code": 404, "message": "Not found: Table " + table,
+			"errors": []any{map[string]any{"reason": "notFound"}}}})
+		return
+	}
+	_ = json.NewEncoder(w).Encode(map[string]any{"kind": "bigquery#table",
+		"tableReference": map[string]any{"projectId": project, "datasetId": dataset, "tableId": table},
+		"schema":         map[string]any{"fields": schemaFields(fields)}})
+}
+
+func schemaFields(fs []Field) []any {
+	out := []any{}
+	for _, f := range fs {
+		mode := f.Mode
+		if mode == "" {
+			mode = "NULLABLE"
+		}
+		out = append(out, map[string]any{"name": f.Name, "type": f.Type, "mode": mode})
+	}
+	return out
 }
 
 // cell encodes a value as the REST API's row cells do.

@@ -609,3 +609,50 @@ func intPtr(v bigquery.Value) *int64 {
 	}
 	return nil
 }
+
+// checkTables are the input tables and the columns every query of the
+// source needs of each (for `worker doctor`).
+var checkTables = []struct {
+	dataset, table string
+	columns        []string
+}{
+	{"nba_analytics", "upcoming_player_game_context", append(strings.Split(contextColumns, ", "), "game_date", "created_at",
+		"player_status", "is_production_ready", "has_prop_line")},
+	{"nba_predictions", "ml_feature_store_v2", []string{"player_lookup", "game_date", "feature_version", "feature_0_value",
+		"feature_quality_score", "quality_alert_level", "matchup_quality_pct", "required_default_count", "default_feature_count"}},
+	{"nba_raw", "odds_api_player_points_props", []string{"player_lookup", "game_date", "points_line", "bookmaker",
+		"minutes_before_tipoff", "snapshot_timestamp"}},
+	{"nba_raw", "bettingpros_player_points_props", []string{"player_lookup", "game_date", "points_line", "bookmaker",
+		"market_type", "bet_side", "is_active", "created_at"}},
+}
+
+// Check verifies that the stage's input tables exist with the columns the
+// source reads (for `worker doctor`), naming what is missing.
+func (s *Source) Check(ctx context.Context) error {
+	var errs []error
+	for _, c := range checkTables {
+		dataset := c.dataset
+		name := s.o.Project + "." + dataset + "." + c.table
+		cctx, cancel := context.WithTimeout(ctx, s.o.CallTimeout)
+		md, err := s.client.DatasetInProject(s.o.Project, dataset).Table(c.table).Metadata(cctx)
+		cancel()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", name, err))
+			continue
+		}
+		have := map[string]bool{}
+		for _, f := range md.Schema {
+			have[f.Name] = true
+		}
+		var missing []string
+		for _, col := range c.columns {
+			if !have[col] {
+				missing = append(missing, col)
+			}
+		}
+		if len(missing) > 0 {
+			errs = append(errs, fmt.Errorf("%s lacks %s", name, strings.Join(missing, ", ")))
+		}
+	}
+	return errors.Join(errs...)
+}
