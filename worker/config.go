@@ -40,7 +40,8 @@ type Config struct {
 	// MaxAbandoned + Concurrency goroutines per system are ever stuck.
 	// 0 means Concurrency.
 	MaxAbandoned int `env:"MAX_ABANDONED_CALLS"`
-	// Faults are injected into system calls (chaos tests, rehearsals).
+	// Faults are injected into system calls, and into the feature source's
+	// and the sink's calls (chaos tests, rehearsals, scaling tests).
 	Faults Faults `env:"FAULTS"`
 	// MinQuality is the feature quality score (0-100) below which a
 	// player's row is not trusted: every system's row for him is a failure
@@ -186,7 +187,7 @@ func (c Config) Validate(ids []string) error {
 		}
 	}
 	for _, r := range c.Faults {
-		if r.System != "*" {
+		if r.System != "*" && r.Target == "" {
 			if err := known("FAULTS", r.System); err != nil {
 				return err
 			}

@@ -67,6 +67,7 @@ func New(cfg Config, d Deps) (*Engine, error) {
 		d.Tracer = nooptrace.NewTracerProvider()
 	}
 	tracer := d.Tracer.Tracer(TracerName)
+	d.Features, d.Sink = withSourceFaults(d.Features, cfg.Faults), withSinkFaults(d.Sink, cfg.Faults)
 	return &Engine{cfg: cfg, store: d.Store, features: d.Features, sink: d.Sink, registry: d.Registry,
 		clock: d.Clock, log: d.Logger, metrics: d.Metrics, tracer: tracer,
 		fanout: newFanout(cfg, d.Registry, d.Features, d.Metrics, d.Logger, tracer)}, nil

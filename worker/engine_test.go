@@ -366,12 +366,75 @@ func TestFaultInjection(t *testing.T) {
 	}
 }
 
+// Faults aimed at the feature source and the sink: latency delays each
+// call (a chunk of three calls takes at least three latencies), an error is
+// transient (retried, never a failed batch), and the wrapped sink is still
+// a Stager when it was one.
+func TestFaultsOnTheFeatureSourceAndTheSink(t *testing.T) {
+	t.Parallel()
+	rules, err := ParseFaults("target=features,kind=latency,latency=40ms,rate=1; target=sink,kind=latency,latency=30ms,rate=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := setup(t, nil, nil)
+	e := b.engine(t, Config{Faults: rules})
+	start := time.Now()
+	batch, _, err := e.Submit(t.Context(), "slow", state.Request{GameDate: "2025-01-15", Players: players(t, 4), ChunkSize: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	submitted := time.Since(start)
+	done, err := e.Run(t.Context(), batch.ID, RunOptions{})
+	if err != nil || done.Status != state.StatusCompleted {
+		t.Fatalf("run: %+v, %v", done, err)
+	}
+	// Lower bounds only: the slate (40 ms), then two chunks of features
+	// (40 ms) and a write (30 ms) each.
+	if took := time.Since(start); submitted < 40*time.Millisecond || took < 40*time.Millisecond+2*70*time.Millisecond {
+		t.Errorf("submit took %v, the batch %v: the injected latency was not applied", submitted, took)
+	}
+	if _, ok := withSinkFaults(stagerSink{b.sink}, rules).(systems.Stager); !ok {
+		t.Error("a Stager wrapped with faults is no longer a Stager")
+	}
+	if _, ok := withSinkFaults(b.sink, rules).(systems.Stager); ok {
+		t.Error("a plain sink wrapped with faults became a Stager")
+	}
+
+	failing, err := ParseFaults("target=sink,kind=error,rate=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fe := b.engine(t, Config{Faults: failing})
+	batch, _, err = fe.Submit(t.Context(), "failing", state.Request{GameDate: "2025-01-15", Players: players(t, 2)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+	defer cancel()
+	out, err := fe.Run(ctx, batch.ID, RunOptions{})
+	if err == nil || out.Status == state.StatusFailed || len(b.rows(t, "failing")) != 0 {
+		t.Errorf("a sink failing every write: %+v, %v; want a transient stop, no rows", out, err)
+	}
+}
+
+// stagerSink makes a sink look like a Stager, for the wrapper's type test.
+type stagerSink struct{ systems.Sink }
+
+func (stagerSink) Stage(context.Context, string, int64, []systems.Prediction) (string, error) {
+	return "", nil
+}
+
+func (stagerSink) Commit(context.Context, string, string, []string, int) error { return nil }
+
 func TestParseFaults(t *testing.T) {
 	t.Parallel()
-	good := "system=*,kind=latency,latency=20ms,rate=1;system=similarity_balanced_v1,kind=hang,rate=0.05"
+	good := "system=*,kind=latency,latency=20ms,rate=1;system=similarity_balanced_v1,kind=hang,rate=0.05;target=features,kind=latency,latency=300ms,rate=1"
 	rules, err := ParseFaults(good)
-	if err != nil || len(rules) != 2 || rules[0].Latency != 20*time.Millisecond || rules[1].Rate != 0.05 {
+	if err != nil || len(rules) != 3 || rules[0].Latency != 20*time.Millisecond || rules[1].Rate != 0.05 || rules[2].Target != TargetFeatures {
 		t.Fatalf("ParseFaults(%q) = %+v, %v", good, rules, err)
+	}
+	if again, err := ParseFaults(Faults(rules).String()); err != nil || len(again) != 3 || again[2].Target != TargetFeatures {
+		t.Errorf("the rules do not survive their own rendering %q: %v", Faults(rules).String(), err)
 	}
 	for _, bad := range []string{
 		"system=*,kind=latency,rate=1",   // latency without duration
@@ -382,6 +445,9 @@ func TestParseFaults(t *testing.T) {
 		"system=*,kind=error,rate=1,x=y", // unknown key
 		"system=*;kind=error",            // not key=value pairs of one rule
 		"system=*,kind=latency,latency=-1s,rate=1",
+		"target=bigquery,kind=latency,latency=1s,rate=1", // unknown target
+		"target=sink,kind=panic,rate=1",                  // a target takes latency, error or hang
+		"system=*,target=sink,kind=error,rate=1",         // both
 	} {
 		if _, err := ParseFaults(bad); err == nil {
 			t.Errorf("ParseFaults(%q) accepted", bad)

@@ -27,9 +27,18 @@ const (
 // stuckForever is what a stuck call waits on: nothing ever closes it.
 var stuckForever = make(chan struct{})
 
+// Fault targets other than systems: the feature source's calls (Slate,
+// Features) and the sink's writes (Write, Stage), where BigQuery's latency
+// would be.
+const (
+	TargetFeatures = "features"
+	TargetSink     = "sink"
+)
+
 // FaultRule is one rule of FAULTS.
 type FaultRule struct {
-	System  string // system id or "*"
+	System  string // system id or "*" (empty for a Target rule)
+	Target  string // TargetFeatures or TargetSink (empty for a System rule)
 	Kind    FaultKind
 	Rate    float64 // 0..1
 	Latency time.Duration
@@ -55,7 +64,11 @@ func (f *Faults) UnmarshalText(b []byte) error {
 func (f Faults) String() string {
 	parts := make([]string, len(f))
 	for i, r := range f {
-		parts[i] = fmt.Sprintf("system=%s,kind=%s,rate=%g", r.System, r.Kind, r.Rate)
+		if r.Target != "" {
+			parts[i] = fmt.Sprintf("target=%s,kind=%s,rate=%g", r.Target, r.Kind, r.Rate)
+		} else {
+			parts[i] = fmt.Sprintf("system=%s,kind=%s,rate=%g", r.System, r.Kind, r.Rate)
+		}
 		if r.Latency > 0 {
 			parts[i] += ",latency=" + r.Latency.String()
 		}
@@ -64,7 +77,8 @@ func (f Faults) String() string {
 }
 
 // ParseFaults parses FAULTS: rules separated by ";", each
-// "system=<id|*>,kind=<latency|error|panic|hang|stuck>,rate=<0..1>[,latency=<duration>]".
+// "system=<id|*>,kind=<latency|error|panic|hang|stuck>,rate=<0..1>[,latency=<duration>]"
+// or "target=<features|sink>,kind=<latency|error|hang>,rate=<0..1>[,latency=<duration>]".
 func ParseFaults(spec string) (Faults, error) {
 	var rules Faults
 	for i, raw := range strings.Split(spec, ";") {
@@ -81,6 +95,11 @@ func ParseFaults(spec string) (Faults, error) {
 			switch k {
 			case "system":
 				r.System = v
+			case "target":
+				if v != TargetFeatures && v != TargetSink {
+					return nil, fmt.Errorf("rule %d: target %q must be features or sink", i+1, v)
+				}
+				r.Target = v
 			case "kind":
 				r.Kind = FaultKind(v)
 			case "rate":
@@ -96,12 +115,16 @@ func ParseFaults(spec string) (Faults, error) {
 				}
 				r.Latency = d
 			default:
-				return nil, fmt.Errorf("rule %d: unknown key %q (want system, kind, rate, latency)", i+1, k)
+				return nil, fmt.Errorf("rule %d: unknown key %q (want system or target, kind, rate, latency)", i+1, k)
 			}
 		}
 		switch {
-		case r.System == "":
-			return nil, fmt.Errorf("rule %d: system is required (an id or *)", i+1)
+		case r.System == "" && r.Target == "":
+			return nil, fmt.Errorf("rule %d: system (an id or *) or target (features or sink) is required", i+1)
+		case r.System != "" && r.Target != "":
+			return nil, fmt.Errorf("rule %d: a rule names a system or a target, not both", i+1)
+		case r.Target != "" && r.Kind != FaultLatency && r.Kind != FaultError && r.Kind != FaultHang:
+			return nil, fmt.Errorf("rule %d: a target takes kind latency, error or hang", i+1)
 		case r.Rate < 0:
 			return nil, fmt.Errorf("rule %d: rate is required", i+1)
 		}
@@ -130,7 +153,7 @@ type faulty struct {
 func withFaults(s systems.System, rules Faults) systems.System {
 	var mine []FaultRule
 	for _, r := range rules {
-		if r.System == "*" || r.System == s.ID() {
+		if r.Target == "" && (r.System == "*" || r.System == s.ID()) {
 			mine = append(mine, r)
 		}
 	}
@@ -140,8 +163,10 @@ func withFaults(s systems.System, rules Faults) systems.System {
 	return faulty{System: s, rules: mine}
 }
 
-func (f faulty) Predict(ctx context.Context, in *systems.Features) (systems.Estimate, error) {
-	for _, r := range f.rules {
+// inject applies rules to one call named what: nil to go on, or the error
+// the call returns instead.
+func inject(ctx context.Context, what string, rules []FaultRule) error {
+	for _, r := range rules {
 		if r.Rate < 1 && rand.Float64() >= r.Rate {
 			continue
 		}
@@ -152,19 +177,133 @@ func (f faulty) Predict(ctx context.Context, in *systems.Features) (systems.Esti
 			case <-t.C:
 			case <-ctx.Done():
 				t.Stop()
-				return systems.Estimate{}, ctx.Err()
+				return ctx.Err()
 			}
 		case FaultError:
-			return systems.Estimate{}, fmt.Errorf("%s: %w", f.ID(), errInjected)
+			return fmt.Errorf("%s: %w", what, errInjected)
 		case FaultPanic:
-			panic(fmt.Sprintf("injected panic in %s", f.ID()))
+			panic(fmt.Sprintf("injected panic in %s", what))
 		case FaultHang:
 			<-ctx.Done()
-			return systems.Estimate{}, ctx.Err()
+			return ctx.Err()
 		case FaultStuck: // a system that ignores its context: the engine abandons it
 			<-stuckForever
-			return systems.Estimate{}, ctx.Err()
+			return ctx.Err()
 		}
 	}
+	return nil
+}
+
+func (f faulty) Predict(ctx context.Context, in *systems.Features) (systems.Estimate, error) {
+	if err := inject(ctx, f.ID(), f.rules); err != nil {
+		return systems.Estimate{}, err
+	}
 	return f.System.Predict(ctx, in)
+}
+
+func targetRules(rules Faults, target string) []FaultRule {
+	var out []FaultRule
+	for _, r := range rules {
+		if r.Target == target {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// injectedErr marks an injected feature-source or sink error as transient,
+// as an outage of the real backend would be.
+func injectedErr(err error) error {
+	if err == nil || !errors.Is(err, errInjected) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", systems.ErrUnavailable, err)
+}
+
+// faultySource is a feature source with injected faults on its calls.
+type faultySource struct {
+	systems.FeatureSource
+	rules []FaultRule
+}
+
+// withSourceFaults wraps src with the rules targeting the feature source.
+func withSourceFaults(src systems.FeatureSource, rules Faults) systems.FeatureSource {
+	mine := targetRules(rules, TargetFeatures)
+	if len(mine) == 0 || src == nil {
+		return src
+	}
+	return faultySource{FeatureSource: src, rules: mine}
+}
+
+func (f faultySource) Slate(ctx context.Context, date string) ([]string, error) {
+	if err := inject(ctx, "feature source", f.rules); err != nil {
+		return nil, injectedErr(err)
+	}
+	return f.FeatureSource.Slate(ctx, date)
+}
+
+func (f faultySource) Features(ctx context.Context, date string, players []string) (map[string]*systems.Features, error) {
+	if err := inject(ctx, "feature source", f.rules); err != nil {
+		return nil, injectedErr(err)
+	}
+	return f.FeatureSource.Features(ctx, date, players)
+}
+
+// ValidateFeatures keeps the wrapped source's own validation.
+func (f faultySource) ValidateFeatures(ft *systems.Features, minQuality float64) error {
+	if v, ok := f.FeatureSource.(systems.FeatureValidator); ok {
+		return v.ValidateFeatures(ft, minQuality)
+	}
+	return systems.Validate(ft, minQuality)
+}
+
+// faultySink is a sink with injected faults on its writes; faultyStager
+// keeps a Stager a Stager.
+type faultySink struct {
+	systems.Sink
+	rules []FaultRule
+}
+
+type faultyStager struct {
+	faultySink
+	st systems.Stager
+}
+
+// withSinkFaults wraps sink with the rules targeting the sink.
+func withSinkFaults(sink systems.Sink, rules Faults) systems.Sink {
+	mine := targetRules(rules, TargetSink)
+	if len(mine) == 0 || sink == nil {
+		return sink
+	}
+	fs := faultySink{Sink: sink, rules: mine}
+	if st, ok := sink.(systems.Stager); ok {
+		return faultyStager{faultySink: fs, st: st}
+	}
+	return fs
+}
+
+func (f faultySink) Write(ctx context.Context, batchID string, epoch int64, rows []systems.Prediction) error {
+	if err := inject(ctx, "sink", f.rules); err != nil {
+		return injectedErr(err)
+	}
+	return f.Sink.Write(ctx, batchID, epoch, rows)
+}
+
+// Finish keeps the wrapped sink's finishing step.
+func (f faultySink) Finish(ctx context.Context, batchID, gameDate string) error {
+	if fin, ok := f.Sink.(systems.Finisher); ok {
+		return fin.Finish(ctx, batchID, gameDate)
+	}
+	return nil
+}
+
+func (f faultyStager) Stage(ctx context.Context, batchID string, epoch int64, rows []systems.Prediction) (string, error) {
+	if err := inject(ctx, "sink", f.rules); err != nil {
+		return "", injectedErr(err)
+	}
+	return f.st.Stage(ctx, batchID, epoch, rows)
+}
+
+func (f faultyStager) Commit(ctx context.Context, batchID, token string, players []string, rows int) error {
+	return f.st.Commit(ctx, batchID, token, players, rows)
 }
