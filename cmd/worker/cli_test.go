@@ -33,7 +33,7 @@ func TestHelpExitsZeroAndTouchesNothing(t *testing.T) {
 	t.Chdir(t.TempDir())
 	t.Setenv("LEASE_TTL", "not a duration") // would fail if the configuration were read
 	for _, args := range [][]string{{"--help"}, {"help"}, {"run", "--help"}, {"run", "--date", "2025-01-15", "-h"},
-		{"status", "--help"}, {"score", "--help"}, {"resume", "--help"}, {"serve", "--help"}, {"doctor", "--help"}} {
+		{"status", "--help"}, {"backfill", "--help"}, {"score", "--help"}, {"resume", "--help"}, {"serve", "--help"}, {"doctor", "--help"}} {
 		out, err := cli(t, args...)
 		if err != nil || !strings.Contains(out, "usage:") {
 			t.Errorf("worker %v = %v, printed %q; want usage and success", args, err, out)
@@ -161,5 +161,70 @@ func TestScoreGames(t *testing.T) {
 		if _, err := cli(t, bad...); !errors.As(err, new(usageError)) {
 			t.Errorf("worker %v = %v, want a usage error", bad, err)
 		}
+	}
+}
+
+// `worker backfill` runs one batch per date with games (Thanksgiving has
+// none), with ids derived from the requests: a second run redoes nothing;
+// a date whose batch failed is listed with its error and the command exits
+// non-zero.
+func TestBackfill(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv("DATA_DIR", dir)
+	t.Setenv("LOG_LEVEL", "error")
+	args := []string{"backfill", "--from", "2024-11-27", "--to", "2024-11-29", "--players", "aaronadams,abeljohnson",
+		"--systems", "moving_average,zone_matchup_v1", "--poll", "100ms"}
+	out, err := cli(t, args...)
+	if err != nil {
+		t.Fatalf("backfill = %v (printed %q)", err, out)
+	}
+	if strings.Count(out, " completed ") != 2 || strings.Contains(out, "2024-11-28") || !strings.Contains(out, "dates 2/2 done, 0 failed") {
+		t.Fatalf("backfill printed %q, want two completed dates and no Thanksgiving", out)
+	}
+	st, err := statesqlite.New(t.Context(), filepath.Join(dir, "state.db"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = st.Close() }()
+	ids := map[string]state.Batch{}
+	for _, d := range []string{"2024-11-27", "2024-11-29"} {
+		req := state.Request{GameDate: d, Players: []string{"aaronadams", "abeljohnson"},
+			Systems: []string{"moving_average", "zone_matchup_v1"}, ChunkSize: worker.DefaultConfig().ChunkSize}
+		b, err := st.Get(t.Context(), worker.DeriveBatchID(req))
+		if err != nil || b.Status != state.StatusCompleted {
+			t.Fatalf("batch of %s: %+v, %v", d, b, err)
+		}
+		ids[d] = b
+	}
+	if out, err := cli(t, args...); err != nil || !strings.Contains(out, "dates 2/2 done, 0 failed") {
+		t.Fatalf("second backfill = %v (printed %q)", err, out)
+	}
+	for d, before := range ids {
+		if after, err := st.Get(t.Context(), before.ID); err != nil || after.Attempt != before.Attempt || after.Predictions != before.Predictions {
+			t.Errorf("%s ran again: %+v → %+v (%v)", d, before, after, err)
+		}
+	}
+
+	// A date whose batch failed: listed, non-zero exit.
+	req := state.Request{GameDate: "2024-12-02", Players: []string{"aaronadams", "abeljohnson"},
+		Systems: []string{"moving_average", "zone_matchup_v1"}, ChunkSize: worker.DefaultConfig().ChunkSize}
+	id := worker.DeriveBatchID(req)
+	if _, _, err := st.Create(t.Context(), state.Batch{ID: id, Request: req, Items: req.Players}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := st.Claim(t.Context(), id, "someone", time.Minute, state.ClaimOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Finish(context.Background(), id, b.Lease, state.StatusFailed, "feature table missing"); err != nil {
+		t.Fatal(err)
+	}
+	args[2], args[4] = "2024-11-29", "2024-12-02"
+	out, err = cli(t, args...)
+	if err == nil || !strings.Contains(err.Error(), "2024-12-02 ("+id+"): feature table missing") || !strings.Contains(out, "1 failed") {
+		t.Fatalf("backfill over a failed date = %v (printed %q), want a non-zero exit naming it", err, out)
+	}
+	if _, err := cli(t, "backfill", "--from", "2025-01-02", "--to", "2025-01-01"); err == nil {
+		t.Error("a reversed range was accepted")
 	}
 }

@@ -4,6 +4,7 @@
 //	worker run --date 2025-01-15 …      one batch in the foreground
 //	worker resume BATCH_ID [--force]    resume a batch in the foreground
 //	worker status BATCH_ID              a batch's status as JSON
+//	worker backfill --from … --to …     one batch per date, here or published
 //	worker score --from … --to …        MAE and hit rate per system
 //	worker doctor                       check every configured dependency
 //
@@ -60,6 +61,16 @@ var commandUsage = map[string]string{
     over from a live owner (the old owner is fenced). Exits 0 only when it completed.`,
 	"status": `worker status BATCH_ID
     print a batch's status as JSON`,
+	"backfill": `worker backfill --from YYYY-MM-DD --to YYYY-MM-DD [--players a,b] [--systems x,y] [--chunk-size N]
+                [--publish TOPIC] [--poll 1s]
+    one batch per date with games, with ids derived from the requests: running the
+    same command again skips the dates completed and resumes the others. Without
+    --publish the batches run here, MAX_RUNNING_BATCHES at a time; with it their
+    requests go to the Pub/Sub topic the service's push subscription reads, and the
+    command follows them through the state store. One progress line over the range
+    (dates, predictions, rate, ETA, failures). Ctrl-C stops (here: after the running
+    chunks, leases released; published: only the following). Exits 0 only when every
+    date completed; failed dates are listed with their error.`,
 	"score": `worker score --games FILE [--lines FILE] --from DATE --to DATE [--json] [--plot FILE.svg]
     predict every game of the range in a game-log file and score the systems against
     the real outcomes, the season average and the lines (MAE, RMSE, bias, coverage,
@@ -73,7 +84,7 @@ var commandUsage = map[string]string{
 }
 
 var usage = "usage:\n  " + strings.Join([]string{commandUsage["serve"], commandUsage["run"], commandUsage["resume"],
-	commandUsage["status"], commandUsage["score"], commandUsage["doctor"]}, "\n  ") + "\nconfiguration is read from the environment; see the README"
+	commandUsage["status"], commandUsage["backfill"], commandUsage["score"], commandUsage["doctor"]}, "\n  ") + "\nconfiguration is read from the environment; see the README"
 
 // wantsHelp reports whether args ask for help (-h, -help, --help).
 func wantsHelp(args []string) bool {
@@ -116,6 +127,8 @@ func realMain(ctx context.Context, stopSignals func(), args []string, stdout, st
 		return resumeCommand(ctx, stopSignals, cfg, args, stdout, stderr)
 	case "status":
 		return statusCommand(ctx, cfg, args, stdout, stderr)
+	case "backfill":
+		return backfillCommand(ctx, stopSignals, cfg, args, stdout, stderr)
 	case "score":
 		return scoreCommand(ctx, cfg, args, stdout, stderr)
 	case "doctor":
