@@ -79,20 +79,21 @@ var backends = []string{"sqlite", "firestore"}
 
 // event is one JSON log line of the worker.
 type event struct {
-	Severity string `json:"severity"`
-	Message  string `json:"message"`
-	Event    string `json:"event"`
-	BatchID  string `json:"batch_id"`
-	Chunk    *int   `json:"chunk"`
-	Epoch    int64  `json:"epoch"`
-	Addr     string `json:"addr"`
-	Owner    string `json:"owner"`
-	Error    string `json:"error"`
-	Method   string `json:"method"`
-	Path     string `json:"path"`
-	Status   int    `json:"status"`
-	Raw      string `json:"-"`
-	Instance int    `json:"-"` // which process wrote it
+	Time     time.Time `json:"time"`
+	Severity string    `json:"severity"`
+	Message  string    `json:"message"`
+	Event    string    `json:"event"`
+	BatchID  string    `json:"batch_id"`
+	Chunk    *int      `json:"chunk"`
+	Epoch    int64     `json:"epoch"`
+	Addr     string    `json:"addr"`
+	Owner    string    `json:"owner"`
+	Error    string    `json:"error"`
+	Method   string    `json:"method"`
+	Path     string    `json:"path"`
+	Status   int       `json:"status"`
+	Raw      string    `json:"-"`
+	Instance int       `json:"-"` // which process wrote it
 }
 
 // proc is one running worker process.

@@ -3,8 +3,13 @@ package worker
 import (
 	"context"
 	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
@@ -165,4 +170,134 @@ func BenchmarkDurability(b *testing.B) {
 		bd := setup(b, nil, register)
 		runBench(b, bd, volatileStore{bd.store}, discardSink{}, cfg, req)
 	})
+}
+
+// captureSink keeps the rows written to it, by batch, in write order.
+type captureSink struct {
+	mu   sync.Mutex
+	rows map[string][][]systems.Prediction
+}
+
+func (c *captureSink) Write(_ context.Context, id string, _ int64, rows []systems.Prediction) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.rows[id] = append(c.rows[id], slices.Clone(rows))
+	return nil
+}
+
+// BenchmarkFloor runs ten full slates (2025-01-15, 425 players × the five
+// bundled systems, chunk 50: 21,250 predictions) at once, twice per
+// iteration on fresh SQLite stores: once through the engine (features,
+// fan-out, rows, fenced checkpoints, heartbeats) and once as the storage
+// floor: the same rows written in the same transactions, each chunk's
+// rows then its checkpoint, slates concurrent, nothing computed. It reports
+// both times and engine_of_floor, the floor's time over the engine's (1 =
+// the engine costs nothing above its writes).
+//
+//	go test -run '^$' -bench Floor -benchtime 5x -count 3 ./worker
+func BenchmarkFloor(b *testing.B) {
+	const slates = 10
+	req := state.Request{GameDate: "2025-01-15", ChunkSize: 50}
+	// The rows, computed once: what the floor writes.
+	capt := &captureSink{rows: map[string][][]systems.Prediction{}}
+	{
+		bd := setup(b, nil, allSystems(b))
+		e, err := New(Config{}, Deps{Store: bd.store, Features: bd.features, Sink: capt, Registry: bd.registry})
+		if err != nil {
+			b.Fatal(err)
+		}
+		batch, _, err := e.Submit(context.Background(), "rows", req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := e.Run(context.Background(), batch.ID, RunOptions{}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	chunks := capt.rows["rows"]
+	var engineT, floorT time.Duration
+	preds := 0
+	b.ResetTimer()
+	for i := range b.N {
+		b.StopTimer()
+		// The engine, on fresh stores.
+		bd := setup(b, nil, allSystems(b))
+		e, err := New(Config{LeaseTTL: 30 * time.Second, HeartbeatInterval: time.Second},
+			Deps{Store: bd.store, Features: bd.features, Sink: bd.sink, Registry: bd.registry})
+		if err != nil {
+			b.Fatal(err)
+		}
+		var ids []string
+		for s := range slates {
+			id := fmt.Sprintf("engine-%d-%d", i, s)
+			if _, _, err := e.Submit(context.Background(), id, req); err != nil {
+				b.Fatal(err)
+			}
+			ids = append(ids, id)
+		}
+		b.StartTimer()
+		start := time.Now()
+		var g errgroup.Group
+		var got atomic.Int64
+		for _, id := range ids {
+			g.Go(func() error {
+				done, err := e.Run(context.Background(), id, RunOptions{})
+				got.Add(int64(done.Predictions))
+				return err
+			})
+		}
+		if err := g.Wait(); err != nil {
+			b.Fatal(err)
+		}
+		engineT += time.Since(start)
+		preds += int(got.Load())
+
+		// The floor, on fresh stores: the same rows, the same transactions.
+		b.StopTimer()
+		fd := setup(b, nil, allSystems(b))
+		var leases []state.Batch
+		for s := range slates {
+			id := fmt.Sprintf("floor-%d-%d", i, s)
+			if _, _, err := fd.store.Create(context.Background(), state.Batch{ID: id, Request: req, Items: make([]string, 425)}); err != nil {
+				b.Fatal(err)
+			}
+			claimed, err := fd.store.Claim(context.Background(), id, "floor", 30*time.Second, state.ClaimOptions{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			leases = append(leases, claimed)
+		}
+		b.StartTimer()
+		start = time.Now()
+		var fg errgroup.Group
+		for _, bt := range leases {
+			fg.Go(func() error {
+				lease, prog := bt.Lease, state.Progress{}
+				for _, rows := range chunks {
+					own := slices.Clone(rows)
+					for r := range own {
+						own[r].BatchID = bt.ID
+					}
+					if err := fd.sink.Write(context.Background(), bt.ID, lease.Epoch, own); err != nil {
+						return err
+					}
+					prog = prog.Add(state.Progress{DoneChunks: 1, DoneItems: 50, Predictions: len(own)})
+					l, err := fd.store.Checkpoint(context.Background(), bt.ID, lease, prog, 30*time.Second)
+					if err != nil {
+						return err
+					}
+					lease = l
+				}
+				return nil
+			})
+		}
+		if err := fg.Wait(); err != nil {
+			b.Fatal(err)
+		}
+		floorT += time.Since(start)
+	}
+	b.ReportMetric(engineT.Seconds()/float64(b.N), "engine_s")
+	b.ReportMetric(floorT.Seconds()/float64(b.N), "floor_s")
+	b.ReportMetric(floorT.Seconds()/engineT.Seconds(), "engine_of_floor")
+	b.ReportMetric(float64(preds)/engineT.Seconds(), "predictions/s")
 }

@@ -79,6 +79,7 @@ func (e *Engine) heartbeat(ctx context.Context, cancel context.CancelCauseFunc, 
 			e.metrics.LeaseRenewals.WithLabelValues("ok").Inc()
 			g.renewed(sent, l)
 			renewedAt = e.clock.Now()
+			log.Debug("lease renewed", slog.Time("expires_at", l.ExpiresAt))
 		case errors.Is(err, state.ErrLeaseLost):
 			e.metrics.LeaseRenewals.WithLabelValues("lost").Inc()
 			cancel(fmt.Errorf("renew: %w", err))

@@ -1,12 +1,15 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
+	"net/url"
 	"slices"
 	"sort"
 	"strings"
@@ -26,13 +29,13 @@ const maxBackfillDays = 400
 
 // backfillFlags are the flags of `worker backfill`.
 type backfillFlags struct {
-	from, to   time.Time
-	players    []string
-	systems    []string
-	chunkSize  int
-	publish    string
-	poll       time.Duration
-	followOnly bool
+	from, to  time.Time
+	players   []string
+	systems   []string
+	chunkSize int
+	publish   string
+	url       string
+	poll      time.Duration
 }
 
 func parseBackfillFlags(cfg *Config, args []string, stderr io.Writer) (backfillFlags, error) {
@@ -44,6 +47,7 @@ func parseBackfillFlags(cfg *Config, args []string, stderr io.Writer) (backfillF
 	sys := fs.String("systems", "", "comma-separated system ids (default: all)")
 	chunk := fs.Int("chunk-size", cfg.ChunkSize, "items per chunk")
 	publish := fs.String("publish", "", "publish the batch requests to this Pub/Sub topic (id or full name) for the service to run, then follow them")
+	serviceURL := fs.String("url", "", "create the batches through the service's API at this URL (POST /v1/batches; OPERATOR_TOKEN is sent), then follow them there")
 	poll := fs.Duration("poll", time.Second, "how often progress is read")
 	if err := fs.Parse(args); err != nil {
 		return backfillFlags{}, usageError{err.Error()}
@@ -51,7 +55,16 @@ func parseBackfillFlags(cfg *Config, args []string, stderr io.Writer) (backfillF
 	if fs.NArg() > 0 {
 		return backfillFlags{}, usageError{fmt.Sprintf("backfill: unexpected argument %q", fs.Arg(0))}
 	}
-	f := backfillFlags{players: splitList(*players), systems: splitList(*sys), chunkSize: *chunk, publish: *publish, poll: *poll}
+	f := backfillFlags{players: splitList(*players), systems: splitList(*sys), chunkSize: *chunk, publish: *publish,
+		url: strings.TrimSuffix(*serviceURL, "/"), poll: *poll}
+	if f.publish != "" && f.url != "" {
+		return f, usageError{"backfill: --publish or --url, not both"}
+	}
+	if f.url != "" {
+		if u, err := url.Parse(f.url); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return f, usageError{"backfill: --url must be an http(s) URL, e.g. https://predworker-abc-uc.a.run.app"}
+		}
+	}
 	var err error
 	if f.from, err = time.Parse(time.DateOnly, *from); err != nil {
 		return f, usageError{"backfill: --from must be a date like 2024-10-22"}
@@ -99,19 +112,35 @@ func backfillCommand(ctx context.Context, stopSignals func(), cfg *Config, args 
 	if err != nil {
 		return err
 	}
+	where := fmt.Sprintf("run here, %d at a time", cfg.MaxRunning)
+	switch {
+	case flags.publish != "":
+		where = "published to " + flags.publish
+	case flags.url != "":
+		where = "created at " + flags.url
+	}
 	fmt.Fprintf(stderr, "backfill %s to %s: %d dates with games (%d without), %s\n", flags.from.Format(time.DateOnly),
-		flags.to.Format(time.DateOnly), len(items), len(skipped), map[bool]string{true: "published to " + flags.publish,
-			false: fmt.Sprintf("run here, %d at a time", cfg.MaxRunning)}[flags.publish != ""])
+		flags.to.Format(time.DateOnly), len(items), len(skipped), where)
 	if len(items) == 0 {
 		return fmt.Errorf("backfill: no date with games from %s to %s", flags.from.Format(time.DateOnly), flags.to.Format(time.DateOnly))
 	}
 	view := newBackfillView(stderr, isTerminal(stderr), items)
-	if flags.publish != "" {
+	switch {
+	case flags.publish != "":
 		err = publishBackfill(ctx, cfg, a.store, flags.publish, items, view)
 		if err == nil {
 			err = followBackfill(ctx, a.store, items, view, flags.poll)
 		}
-	} else {
+	case flags.url != "":
+		svc := &serviceAPI{base: flags.url, client: &http.Client{Timeout: 30 * time.Second}}
+		if len(cfg.OperatorTokens) > 0 {
+			svc.token = cfg.OperatorTokens[0]
+		}
+		err = svc.create(ctx, items, view)
+		if err == nil {
+			err = followBackfill(ctx, svc, items, view, flags.poll)
+		}
+	default:
 		err = runBackfill(ctx, stopSignals, cfg, a, items, view, flags.poll)
 	}
 	view.finish()
@@ -209,14 +238,12 @@ func publishBackfill(ctx context.Context, cfg *Config, store state.Store, topic 
 	defer pub.Stop()
 	var results []*pubsub.PublishResult
 	for _, it := range items {
-		if b, err := store.Get(ctx, it.id); err == nil && b.Status == state.StatusCompleted {
-			v.update(it.id, b, "")
-			continue
-		}
-		data, err := json.Marshal(api.BatchRequest{BatchID: it.id, GameDate: it.req.GameDate, Players: it.req.Players,
-			Systems: it.req.Systems, ChunkSize: it.req.ChunkSize, CorrelationID: "backfill-" + it.req.GameDate})
+		data, done, err := pendingRequest(ctx, store, it, v)
 		if err != nil {
 			return err
+		}
+		if done {
+			continue
 		}
 		results = append(results, pub.Publish(ctx, &pubsub.Message{Data: data}))
 	}
@@ -229,9 +256,106 @@ func publishBackfill(ctx context.Context, cfg *Config, store state.Store, topic 
 	return nil
 }
 
+// pendingRequest is the batch request of it as JSON, or done when its
+// batch completed already (shown as such).
+func pendingRequest(ctx context.Context, store batchGetter, it backfillItem, v *backfillView) ([]byte, bool, error) {
+	if b, err := store.Get(ctx, it.id); err == nil && b.Status == state.StatusCompleted {
+		v.update(it.id, b, "")
+		return nil, true, nil
+	}
+	data, err := json.Marshal(api.BatchRequest{BatchID: it.id, GameDate: it.req.GameDate, Players: it.req.Players,
+		Systems: it.req.Systems, ChunkSize: it.req.ChunkSize, CorrelationID: "backfill-" + it.req.GameDate})
+	return data, false, err
+}
+
+// batchGetter reads a batch: the state store, or the service's API.
+type batchGetter interface {
+	Get(ctx context.Context, id string) (state.Batch, error)
+}
+
+// serviceAPI is the service's operator API, for --url.
+type serviceAPI struct {
+	base, token string
+	client      *http.Client
+}
+
+func (s *serviceAPI) do(ctx context.Context, method, path string, body []byte) (int, []byte, error) {
+	req, err := http.NewRequestWithContext(ctx, method, s.base+path, bytes.NewReader(body))
+	if err != nil {
+		return 0, nil, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if s.token != "" {
+		req.Header.Set("Authorization", "Bearer "+s.token)
+	}
+	resp, err := s.client.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer func() { _ = resp.Body.Close() }()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	return resp.StatusCode, raw, err
+}
+
+// create posts each date's batch request (those completed already are
+// skipped), retrying the service's 429 and 503 answers a few times.
+func (s *serviceAPI) create(ctx context.Context, items []backfillItem, v *backfillView) error {
+	created := 0
+	for _, it := range items {
+		body, done, err := pendingRequest(ctx, s, it, v)
+		if err != nil {
+			return err
+		}
+		if done {
+			continue
+		}
+		for attempt := 1; ; attempt++ {
+			code, raw, err := s.do(ctx, http.MethodPost, "/v1/batches", body)
+			if err == nil && (code == http.StatusOK || code == http.StatusAccepted) {
+				created++
+				break
+			}
+			switch {
+			case err != nil && attempt == 5:
+				return fmt.Errorf("create the batch of %s at %s: %w", it.req.GameDate, s.base, err)
+			case err == nil && (code != http.StatusTooManyRequests && code != http.StatusServiceUnavailable || attempt == 5):
+				return fmt.Errorf("create the batch of %s at %s: %d %s", it.req.GameDate, s.base, code, bytes.TrimSpace(raw))
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(time.Duration(attempt) * time.Second):
+			}
+		}
+	}
+	fmt.Fprintf(v.w, "created %d batches at %s; following them (Ctrl-C stops following, not the batches)\n", created, s.base)
+	return nil
+}
+
+// Get implements batchGetter through GET /v1/batches/{id}.
+func (s *serviceAPI) Get(ctx context.Context, id string) (state.Batch, error) {
+	code, raw, err := s.do(ctx, http.MethodGet, "/v1/batches/"+url.PathEscape(id), nil)
+	switch {
+	case err != nil:
+		return state.Batch{}, err
+	case code == http.StatusNotFound:
+		return state.Batch{}, state.ErrNotFound
+	case code != http.StatusOK:
+		return state.Batch{}, fmt.Errorf("GET /v1/batches/%s: %d %s", id, code, bytes.TrimSpace(raw))
+	}
+	var st api.Status
+	if err := json.Unmarshal(raw, &st); err != nil {
+		return state.Batch{}, fmt.Errorf("GET /v1/batches/%s: %w", id, err)
+	}
+	return state.Batch{ID: st.BatchID, Status: st.State, Error: st.Error,
+		Progress: state.Progress{Predictions: st.Predictions, DoneChunks: st.DoneChunks}}, nil
+}
+
 // followBackfill reads the batches' state until every one is finished, or
 // ctx ends (Ctrl-C: the batches go on; the same command follows them again).
-func followBackfill(ctx context.Context, store state.Store, items []backfillItem, v *backfillView, poll time.Duration) error {
+func followBackfill(ctx context.Context, store batchGetter, items []backfillItem, v *backfillView, poll time.Duration) error {
 	ticker := time.NewTicker(poll)
 	defer ticker.Stop()
 	for {

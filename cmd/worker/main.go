@@ -62,12 +62,14 @@ var commandUsage = map[string]string{
 	"status": `worker status BATCH_ID
     print a batch's status as JSON`,
 	"backfill": `worker backfill --from YYYY-MM-DD --to YYYY-MM-DD [--players a,b] [--systems x,y] [--chunk-size N]
-                [--publish TOPIC] [--poll 1s]
+                [--publish TOPIC | --url URL] [--poll 1s]
     one batch per date with games, with ids derived from the requests: running the
-    same command again skips the dates completed and resumes the others. Without
-    --publish the batches run here, MAX_RUNNING_BATCHES at a time; with it their
+    same command again skips the dates completed and resumes the others. By default
+    the batches run here, MAX_RUNNING_BATCHES at a time; with --publish their
     requests go to the Pub/Sub topic the service's push subscription reads, and the
-    command follows them through the state store. One progress line over the range
+    command follows them through the state store; with --url they are created
+    through the service's API (POST /v1/batches, OPERATOR_TOKEN sent) and followed
+    there. One progress line over the range
     (dates, predictions, rate, ETA, failures). Ctrl-C stops (here: after the running
     chunks, leases released; published: only the following). Exits 0 only when every
     date completed; failed dates are listed with their error.`,

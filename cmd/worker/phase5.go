@@ -3,12 +3,14 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
+	"strings"
 	"time"
 
 	"cloud.google.com/go/bigquery"
 	"cloud.google.com/go/bigquery/storage/managedwriter"
-	"cloud.google.com/go/storage"
 	"google.golang.org/api/option"
+	storage "google.golang.org/api/storage/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -61,12 +63,18 @@ func (a *app) phase5Fleet(ctx context.Context, cfg *Config) (*fleet.Fleet, error
 	if err != nil {
 		return nil, err
 	}
-	gcs, err := storage.NewClient(ctx)
+	var opts []option.ClientOption
+	if host := os.Getenv("STORAGE_EMULATOR_HOST"); host != "" { // an emulator (fake-gcs-server), as Google's clients honour it
+		if !strings.Contains(host, "://") {
+			host = "http://" + host
+		}
+		opts = append(opts, option.WithEndpoint(strings.TrimSuffix(host, "/")+"/storage/v1/"), option.WithoutAuthentication())
+	}
+	gcs, err := storage.NewService(ctx, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("cloud storage client: %w", err)
 	}
-	a.onClose(gcs.Close)
-	a.fleet = fleet.New(fleet.Options{Registry: reg, Files: fleet.GCS{Client: gcs}, Systems: a.systems,
+	a.fleet = fleet.New(fleet.Options{Registry: reg, Files: fleet.GCS{Service: gcs}, Systems: a.systems,
 		TTL: time.Duration(cfg.ModelCacheTTLSeconds) * time.Second, Logger: a.log, Metrics: a.registry})
 	a.check("model fleet (model_registry, Cloud Storage): every enabled model loads", a.fleet.Check)
 	return a.fleet, nil

@@ -14,6 +14,8 @@ import (
 	"github.com/fsouza/fake-gcs-server/fakestorage"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"google.golang.org/api/option"
+	storage "google.golang.org/api/storage/v1"
 
 	"github.com/predworker/predworker/internal/stagefake"
 	"github.com/predworker/predworker/profile/phase5/contract"
@@ -84,7 +86,12 @@ func setup(t *testing.T, reg fleet.Registry, files map[string][]byte) (*fleet.Fl
 		t.Fatal(err)
 	}
 	t.Cleanup(srv.Stop)
-	cf := &countingFiles{inner: fleet.GCS{Client: srv.Client()}}
+	svc, err := storage.NewService(t.Context(), option.WithEndpoint(srv.URL()+"/storage/v1/"), option.WithoutAuthentication(),
+		option.WithHTTPClient(srv.HTTPClient()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf := &countingFiles{inner: fleet.GCS{Service: svc}}
 	sysreg := systems.NewRegistry()
 	m := prometheus.NewRegistry()
 	return fleet.New(fleet.Options{Registry: reg, Files: cf, Systems: sysreg, Metrics: m}), sysreg, cf, m
