@@ -228,3 +228,53 @@ func TestBackfill(t *testing.T) {
 		t.Error("a reversed range was accepted")
 	}
 }
+
+// Ctrl-C during a local backfill stops it with the running batches'
+// progress kept and their leases released; the same command then finishes
+// them from their checkpoints.
+func TestBackfillInterruptedResumes(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv("DATA_DIR", dir)
+	t.Setenv("LOG_LEVEL", "error")
+	t.Setenv("FAULTS", "target=features,kind=latency,latency=100ms,rate=1")
+	t.Setenv("MAX_RUNNING_BATCHES", "2")
+	args := []string{"backfill", "--from", "2025-01-13", "--to", "2025-01-16", "--systems", "moving_average",
+		"--chunk-size", "25", "--poll", "100ms"}
+	ctx, cancel := context.WithCancel(t.Context())
+	time.AfterFunc(700*time.Millisecond, cancel) // Ctrl-C, as signal.NotifyContext delivers it
+	var out, errOut strings.Builder
+	err := realMain(ctx, func() {}, args, &out, &errOut)
+	if err == nil || !strings.Contains(err.Error(), "run the same command again to resume") {
+		t.Fatalf("interrupted backfill = %v (printed %q)", err, out.String())
+	}
+	st, err := statesqlite.New(t.Context(), filepath.Join(dir, "state.db"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = st.Close() }()
+	before := map[string]int{}
+	for _, status := range []state.Status{state.StatusRunning, state.StatusPending, state.StatusCompleted} {
+		bs, err := st.List(t.Context(), state.ListFilter{Status: status, Limit: 10})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, b := range bs {
+			before[b.ID] = b.DoneChunks
+			if b.Status == state.StatusRunning && b.Lease.Live(time.Now()) {
+				t.Errorf("%s still holds a live lease after the stop", b.ID)
+			}
+		}
+	}
+	if len(before) == 0 {
+		t.Fatal("nothing was started before the stop")
+	}
+	if out, err := cli(t, args...); err != nil || !strings.Contains(out, "dates 4/4 done, 0 failed") {
+		t.Fatalf("the same command again = %v (printed %q)", err, out)
+	}
+	for id, done := range before {
+		b, err := st.Get(t.Context(), id)
+		if err != nil || b.Status != state.StatusCompleted || b.DoneChunks < done {
+			t.Errorf("%s after the rerun: %+v, %v", id, b, err)
+		}
+	}
+}
