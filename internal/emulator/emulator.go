@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -72,8 +73,22 @@ func hasComponent(component string) (string, error) {
 }
 
 // start runs `gcloud <args> --host-port=127.0.0.1:PORT` and waits until the
-// emulator answers HTTP on that port.
+// emulator answers HTTP on that port. The port is free when chosen but not
+// reserved: when another process took it before the emulator bound it (the
+// emulator exits with a BindException), it starts again on another port,
+// up to three times.
 func start(component string, args ...string) (*Process, error) {
+	var err error
+	for range 3 {
+		var p *Process
+		if p, err = startOnce(component, args...); err == nil || !strings.Contains(err.Error(), "Address already in use") {
+			return p, err
+		}
+	}
+	return nil, err
+}
+
+func startOnce(component string, args ...string) (*Process, error) {
 	gcloud, err := hasComponent(component)
 	if err != nil {
 		return nil, err
