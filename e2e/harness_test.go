@@ -260,12 +260,21 @@ var client = &http.Client{Timeout: 30 * time.Second}
 
 func request(t testing.TB, method, url, body string) (int, []byte, error) {
 	t.Helper()
+	return requestAs(t, "", method, url, body)
+}
+
+// requestAs is request with the bearer token of an operator ("" for none).
+func requestAs(t testing.TB, token, method, url, body string) (int, []byte, error) {
+	t.Helper()
 	req, err := http.NewRequest(method, url, strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if body != "" {
 		req.Header.Set("Content-Type", "application/json")
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
 	}
 	resp, err := client.Do(req)
 	if err != nil {

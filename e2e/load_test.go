@@ -38,17 +38,8 @@ func TestLoad(t *testing.T) {
 	p := c.start()
 	auth := http.Header{"Authorization": {"Bearer " + token}, "Content-Type": {"application/json"}}
 	post := func(body string) (int, error) {
-		req, err := http.NewRequest(http.MethodPost, p.url("/v1/batches"), strings.NewReader(body))
-		if err != nil {
-			return 0, err
-		}
-		req.Header = auth.Clone()
-		resp, err := client.Do(req)
-		if err != nil {
-			return 0, err
-		}
-		_ = resp.Body.Close()
-		return resp.StatusCode, nil
+		code, _, err := requestAs(t, token, http.MethodPost, p.url("/v1/batches"), body)
+		return code, err
 	}
 	long := []string{"load-a", "load-b", "load-c", "load-d"}
 	for i, id := range long {
@@ -92,18 +83,10 @@ func TestLoad(t *testing.T) {
 		m.Close()
 	}
 	stateOf := func(id string) state.Status {
-		req, err := http.NewRequest(http.MethodGet, p.url("/v1/batches/"+id), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header = auth.Clone()
-		resp, err := client.Do(req)
-		if err != nil {
-			return ""
-		}
-		defer func() { _ = resp.Body.Close() }()
 		var st api.Status
-		_ = json.NewDecoder(resp.Body).Decode(&st)
+		if _, raw, err := requestAs(t, token, http.MethodGet, p.url("/v1/batches/"+id), ""); err == nil {
+			_ = json.Unmarshal(raw, &st)
+		}
 		return st.State
 	}
 	running := 0

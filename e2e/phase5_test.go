@@ -3,7 +3,6 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
-	"io"
 	"maps"
 	"math"
 	"net"
@@ -296,39 +295,22 @@ func sha(b []byte) string { return stagefake.SHA256(b) }
 // startCall posts body to /start with token (none when empty).
 func startCall(t *testing.T, p *proc, body, token string) (int, map[string]any) {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodPost, p.url("/start"), strings.NewReader(body))
+	code, raw, err := requestAs(t, token, http.MethodPost, p.url("/start"), body)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = resp.Body.Close() }()
-	raw, _ := io.ReadAll(resp.Body)
 	var out map[string]any
 	_ = json.Unmarshal(raw, &out)
-	return resp.StatusCode, out
+	return code, out
 }
 
 // monitor is GET /status?batch_id= (the stage's monitor_url).
 func monitor(t *testing.T, p *proc, id string) map[string]any {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodGet, p.url("/status?batch_id="+id), nil)
-	if err != nil {
-		t.Fatal(err)
+	out := map[string]any{}
+	if _, raw, err := requestAs(t, operatorToken, http.MethodGet, p.url("/status?batch_id="+id), ""); err == nil {
+		_ = json.Unmarshal(raw, &out)
 	}
-	req.Header.Set("Authorization", "Bearer "+operatorToken)
-	resp, err := client.Do(req)
-	if err != nil {
-		return map[string]any{}
-	}
-	defer func() { _ = resp.Body.Close() }()
-	var out map[string]any
-	_ = json.NewDecoder(resp.Body).Decode(&out)
 	return out
 }
 

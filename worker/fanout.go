@@ -27,7 +27,7 @@ type fanout struct {
 	registry   *systems.Registry
 	cfg        Config
 	log        *slog.Logger
-	mu         sync.Mutex
+	mu         sync.RWMutex
 	callers    map[string]*caller
 	limit      int
 	minQuality float64
@@ -52,6 +52,12 @@ func newFanout(cfg Config, reg *systems.Registry, src systems.FeatureSource, m *
 // registered after the engine started (a model fleet's refresh); nil when
 // id is not registered.
 func (f *fanout) caller(id string) *caller {
+	f.mu.RLock() // every call comes here: the common case only reads
+	c, ok := f.callers[id]
+	f.mu.RUnlock()
+	if ok {
+		return c
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if c, ok := f.callers[id]; ok {
@@ -61,7 +67,7 @@ func (f *fanout) caller(id string) *caller {
 	if !ok {
 		return nil
 	}
-	c := newCaller(f.cfg, s, f.log)
+	c = newCaller(f.cfg, s, f.log)
 	f.callers[id] = c
 	return c
 }

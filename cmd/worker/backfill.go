@@ -29,13 +29,11 @@ const maxBackfillDays = 400
 
 // backfillFlags are the flags of `worker backfill`.
 type backfillFlags struct {
-	from, to  time.Time
-	players   []string
-	systems   []string
-	chunkSize int
-	publish   string
-	url       string
-	poll      time.Duration
+	from, to time.Time
+	request  func(date string) state.Request // the request of each date
+	publish  string
+	url      string
+	poll     time.Duration
 }
 
 func parseBackfillFlags(cfg *Config, args []string, stderr io.Writer) (backfillFlags, error) {
@@ -43,19 +41,14 @@ func parseBackfillFlags(cfg *Config, args []string, stderr io.Writer) (backfillF
 	fs.SetOutput(stderr)
 	from := fs.String("from", "", "first date, YYYY-MM-DD (required)")
 	to := fs.String("to", "", "last date, YYYY-MM-DD (required)")
-	players := fs.String("players", "", "comma-separated player lookups (default: everyone with a game that date)")
-	sys := fs.String("systems", "", "comma-separated system ids (default: all)")
-	chunk := fs.Int("chunk-size", cfg.ChunkSize, "items per chunk")
+	request := requestFlags(fs, cfg)
 	publish := fs.String("publish", "", "publish the batch requests to this Pub/Sub topic (id or full name) for the service to run, then follow them")
 	serviceURL := fs.String("url", "", "create the batches through the service's API at this URL (POST /v1/batches; OPERATOR_TOKEN is sent), then follow them there")
 	poll := fs.Duration("poll", time.Second, "how often progress is read")
-	if err := fs.Parse(args); err != nil {
-		return backfillFlags{}, usageError{err.Error()}
+	if err := parseFlags(fs, args); err != nil {
+		return backfillFlags{}, err
 	}
-	if fs.NArg() > 0 {
-		return backfillFlags{}, usageError{fmt.Sprintf("backfill: unexpected argument %q", fs.Arg(0))}
-	}
-	f := backfillFlags{players: splitList(*players), systems: splitList(*sys), chunkSize: *chunk, publish: *publish,
+	f := backfillFlags{request: request, publish: *publish,
 		url: strings.TrimSuffix(*serviceURL, "/"), poll: *poll}
 	if f.publish != "" && f.url != "" {
 		return f, usageError{"backfill: --publish or --url, not both"}
@@ -164,7 +157,7 @@ func backfillDates(ctx context.Context, src systems.FeatureSource, f backfillFla
 		case err != nil:
 			return nil, nil, fmt.Errorf("backfill: slate of %s: %w", date, err)
 		}
-		req := state.Request{GameDate: date, Players: f.players, Systems: f.systems, ChunkSize: f.chunkSize}
+		req := f.request(date)
 		items = append(items, backfillItem{req: req, id: worker.DeriveBatchID(req)})
 	}
 	return items, skipped, nil

@@ -62,17 +62,7 @@ func TestRunExitsNonZeroUnlessCompleted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	id := worker.DeriveBatchID(req)
-	if _, _, err := st.Create(t.Context(), state.Batch{ID: id, Request: req, Items: req.Players}); err != nil {
-		t.Fatal(err)
-	}
-	b, err := st.Claim(t.Context(), id, "someone", time.Minute, state.ClaimOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := st.Finish(context.Background(), id, b.Lease, state.StatusFailed, "feature table missing"); err != nil {
-		t.Fatal(err)
-	}
+	id := failedBatch(t, st, req, "feature table missing")
 	_ = st.Close()
 	out, err := cli(t, "run", "--date", "2025-01-15", "--players", "aaronadams", "--systems", "moving_average")
 	if err == nil || !strings.Contains(err.Error(), "failed: feature table missing") || !strings.Contains(out, id+" failed") {
@@ -164,6 +154,24 @@ func TestScoreGames(t *testing.T) {
 	}
 }
 
+// failedBatch stores req's batch, under its derived id, as another owner
+// left it: failed with msg.
+func failedBatch(t *testing.T, st state.Store, req state.Request, msg string) string {
+	t.Helper()
+	id := worker.DeriveBatchID(req)
+	if _, _, err := st.Create(t.Context(), state.Batch{ID: id, Request: req, Items: req.Players}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := st.Claim(t.Context(), id, "someone", time.Minute, state.ClaimOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Finish(context.Background(), id, b.Lease, state.StatusFailed, msg); err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
 // `worker backfill` runs one batch per date with games (Thanksgiving has
 // none), with ids derived from the requests: a second run redoes nothing;
 // a date whose batch failed is listed with its error and the command exits
@@ -208,17 +216,7 @@ func TestBackfill(t *testing.T) {
 	// A date whose batch failed: listed, non-zero exit.
 	req := state.Request{GameDate: "2024-12-02", Players: []string{"aaronadams", "abeljohnson"},
 		Systems: []string{"moving_average", "zone_matchup_v1"}, ChunkSize: worker.DefaultConfig().ChunkSize}
-	id := worker.DeriveBatchID(req)
-	if _, _, err := st.Create(t.Context(), state.Batch{ID: id, Request: req, Items: req.Players}); err != nil {
-		t.Fatal(err)
-	}
-	b, err := st.Claim(t.Context(), id, "someone", time.Minute, state.ClaimOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := st.Finish(context.Background(), id, b.Lease, state.StatusFailed, "feature table missing"); err != nil {
-		t.Fatal(err)
-	}
+	id := failedBatch(t, st, req, "feature table missing")
 	args[2], args[4] = "2024-11-29", "2024-12-02"
 	out, err = cli(t, args...)
 	if err == nil || !strings.Contains(err.Error(), "2024-12-02 ("+id+"): feature table missing") || !strings.Contains(out, "1 failed") {

@@ -40,25 +40,42 @@ type runFlags struct {
 	req     state.Request
 }
 
+// requestFlags registers the flags that shape a batch's request (players,
+// systems, chunk size) on fs; the function it returns reads them, after
+// parsing, into the request of a date.
+func requestFlags(fs *flag.FlagSet, cfg *Config) func(date string) state.Request {
+	players := fs.String("players", "", "comma-separated player lookups (default: everyone with a game that date)")
+	sys := fs.String("systems", "", "comma-separated system ids (default: all)")
+	chunk := fs.Int("chunk-size", cfg.ChunkSize, "items per chunk")
+	return func(date string) state.Request {
+		return state.Request{GameDate: date, Players: splitList(*players), Systems: splitList(*sys), ChunkSize: *chunk}
+	}
+}
+
+// parseFlags parses a command's flags, refusing arguments that are not.
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		return usageError{err.Error()}
+	}
+	if fs.NArg() > 0 {
+		return usageError{fmt.Sprintf("%s: unexpected argument %q", fs.Name(), fs.Arg(0))}
+	}
+	return nil
+}
+
 func parseRunFlags(cfg *Config, args []string, stderr io.Writer) (runFlags, error) {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	date := fs.String("date", "", "game date, YYYY-MM-DD (required)")
-	players := fs.String("players", "", "comma-separated player lookups (default: everyone with a game that date)")
-	sys := fs.String("systems", "", "comma-separated system ids (default: all)")
 	batchID := fs.String("batch-id", "", "batch id (default: derived from the request, so a rerun resumes)")
-	chunk := fs.Int("chunk-size", cfg.ChunkSize, "items per chunk")
-	if err := fs.Parse(args); err != nil {
-		return runFlags{}, usageError{err.Error()}
-	}
-	if fs.NArg() > 0 {
-		return runFlags{}, usageError{fmt.Sprintf("run: unexpected argument %q", fs.Arg(0))}
+	request := requestFlags(fs, cfg)
+	if err := parseFlags(fs, args); err != nil {
+		return runFlags{}, err
 	}
 	if *date == "" {
 		return runFlags{}, usageError{"run: --date is required, e.g. --date 2025-01-15"}
 	}
-	return runFlags{batchID: *batchID, req: state.Request{GameDate: *date, Players: splitList(*players),
-		Systems: splitList(*sys), ChunkSize: *chunk}}, nil
+	return runFlags{batchID: *batchID, req: request(*date)}, nil
 }
 
 // drainOnSignal drains r when ctx ends (SIGINT/SIGTERM): the run in flight

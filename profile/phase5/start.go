@@ -61,9 +61,8 @@ type Trigger struct {
 }
 
 var (
-	eastern       = contract.Eastern()
-	prefixPattern = regexp.MustCompile(`^[A-Za-z0-9_]{0,64}$`)
-	modePattern   = regexp.MustCompile(`^[A-Za-z0-9_]{1,32}$`)
+	eastern     = contract.Eastern()
+	modePattern = regexp.MustCompile(`^[A-Za-z0-9_]{1,32}$`)
 )
 
 func (t *Trigger) now() time.Time {
@@ -143,7 +142,7 @@ func (t *Trigger) Start(w http.ResponseWriter, r *http.Request) {
 	if mode == "" {
 		mode = DefaultRunMode
 	}
-	if !modePattern.MatchString(mode) || !prefixPattern.MatchString(req.DatasetPrefix) {
+	if !modePattern.MatchString(mode) || !contract.ValidPrefix(req.DatasetPrefix) {
 		writeJSON(w, http.StatusBadRequest, errorBody("prediction_run_mode must be 1-32 letters, digits or _, dataset_prefix up to 64"))
 		return
 	}

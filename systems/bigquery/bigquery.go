@@ -42,6 +42,10 @@ var (
 	tableRe   = regexp.MustCompile(`^[A-Za-z0-9_-]{1,1000}$`)
 )
 
+// ValidProject reports whether p is a project id (the only form of one that
+// may go into SQL text).
+func ValidProject(p string) bool { return projectRe.MatchString(p) }
+
 // ValidateIdentifiers checks the table coordinates; they are the only parts of
 // the SQL text that come from configuration.
 func (o Options) ValidateIdentifiers() error {

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"maps"
 	"math"
+	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -189,6 +190,12 @@ func Eastern() *time.Location { return eastern }
 
 // Today is the date of now in America/New_York.
 func Today(now time.Time) string { return now.In(eastern).Format(time.DateOnly) }
+
+var prefixRe = regexp.MustCompile(`^[A-Za-z0-9_]{0,64}$`)
+
+// ValidPrefix reports whether a dataset_prefix may name datasets: up to 64
+// letters, digits and _ (it goes into SQL text as part of a dataset id).
+func ValidPrefix(p string) bool { return prefixRe.MatchString(p) }
 
 // Gate modes (ORIGIN.md §1).
 const (

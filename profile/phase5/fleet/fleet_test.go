@@ -13,7 +13,6 @@ import (
 
 	"github.com/fsouza/fake-gcs-server/fakestorage"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/api/option"
 	storage "google.golang.org/api/storage/v1"
 
@@ -157,7 +156,7 @@ func TestFleetServesLightGBMAndXGBoostAndReportsWhatItLeavesOut(t *testing.T) {
 			t.Errorf("%s skipped as %q, want %q (all: %v)", id, kinds[id], k, f.Skipped())
 		}
 	}
-	if n := testutil.ToFloat64(mustCounter(t, metrics, "predworker_fleet_model_load_failures_total", "unsupported_format")); n != 1 {
+	if n := counter(t, metrics, "predworker_fleet_model_load_failures_total", "unsupported_format"); n != 1 {
 		t.Errorf("unsupported_format failures = %v", n)
 	}
 	err := f.Check(t.Context())
@@ -197,28 +196,24 @@ func TestFleetServesLightGBMAndXGBoostAndReportsWhatItLeavesOut(t *testing.T) {
 
 func ptr(v float64) *float64 { return &v }
 
-func mustCounter(t *testing.T, g prometheus.Gatherer, name, label string) prometheus.Collector {
+// counter is the value of the counter name{…=label} in g.
+func counter(t *testing.T, g prometheus.Gatherer, name, label string) float64 {
 	t.Helper()
 	mfs, err := g.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
 		for _, m := range mf.GetMetric() {
 			for _, l := range m.GetLabel() {
-				if l.GetValue() == label {
-					c := prometheus.NewCounter(prometheus.CounterOpts{Name: "x"})
-					c.Add(m.GetCounter().GetValue())
-					return c
+				if mf.GetName() == name && l.GetValue() == label {
+					return m.GetCounter().GetValue()
 				}
 			}
 		}
 	}
 	t.Fatalf("no %s{%s}", name, label)
-	return nil
+	return 0
 }
 
 // A refresh that cannot read the registry, or loads nothing, keeps the last

@@ -23,7 +23,7 @@ type Registry struct {
 // NewRegistry returns the reader of project's nba_predictions.model_registry.
 func NewRegistry(client *bigquery.Client, project string, timeout time.Duration) (*Registry, error) {
 	t, err := tableName(project, "", "nba_predictions", "model_registry")
-	if err != nil || !projectRe.MatchString(project) {
+	if err != nil || !bq.ValidProject(project) {
 		return nil, fmt.Errorf("GCP_PROJECT_ID %q is not a project id", project)
 	}
 	if timeout <= 0 {

@@ -123,7 +123,7 @@ var (
 
 // NewSink returns the sink.
 func NewSink(writer *managedwriter.Client, query *bigquery.Client, o SinkOptions) (*Sink, error) {
-	if !projectRe.MatchString(o.Project) {
+	if !bq.ValidProject(o.Project) {
 		return nil, fmt.Errorf("GCP_PROJECT_ID %q is not a project id", o.Project)
 	}
 	if o.CallTimeout <= 0 {
@@ -139,7 +139,7 @@ func NewSink(writer *managedwriter.Client, query *bigquery.Client, o SinkOptions
 // inner is the Storage Write sink of the scope's dataset.
 func (s *Sink) inner(ctx context.Context) (*bq.Sink, error) {
 	prefix := systems.ScopeFrom(ctx).DatasetPrefix
-	if !prefixRe.MatchString(prefix) {
+	if !contract.ValidPrefix(prefix) {
 		return nil, fmt.Errorf("dataset_prefix %q is not letters, digits and _: %w", prefix, systems.ErrPermanent)
 	}
 	s.mu.Lock()

@@ -19,7 +19,6 @@ import (
 	"maps"
 	"math"
 	"math/big"
-	"regexp"
 	"slices"
 	"sort"
 	"strings"
@@ -70,14 +69,11 @@ type versionEntry struct {
 var (
 	_ systems.FeatureSource    = (*Source)(nil)
 	_ systems.FeatureValidator = (*Source)(nil)
-
-	projectRe = regexp.MustCompile(`^[a-z][a-z0-9-]{4,28}[a-z0-9]$|^[a-z][a-z0-9.-]*:[a-z][a-z0-9-]{4,28}[a-z0-9]$`)
-	prefixRe  = regexp.MustCompile(`^[A-Za-z0-9_]{0,64}$`)
 )
 
 // New returns the source on client (shared by the process).
 func New(client *bigquery.Client, o Options) (*Source, error) {
-	if !projectRe.MatchString(o.Project) {
+	if !bq.ValidProject(o.Project) {
 		return nil, fmt.Errorf("GCP_PROJECT_ID %q is not a project id", o.Project)
 	}
 	if o.CallTimeout <= 0 {
@@ -102,7 +98,7 @@ func (s *Source) table(ctx context.Context, dataset, table string) (string, erro
 }
 
 func tableName(project, prefix, dataset, table string) (string, error) {
-	if !prefixRe.MatchString(prefix) {
+	if !contract.ValidPrefix(prefix) {
 		return "", fmt.Errorf("dataset_prefix %q is not letters, digits and _: %w", prefix, systems.ErrPermanent)
 	}
 	if prefix != "" && dataset != "nba_raw" {
